@@ -1,0 +1,58 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+import transfer.train  # noqa: E402,F401  (registers experiments)
+
+torch.set_num_threads(1)
+
+# A tiny version of the toy: 8 images per class and domain, 2 epochs, a 3k-parameter timm test net.
+TINY = [
+    "data.per_class=8",
+    "data.size=16",
+    "data.batch_size=8",
+    "model.backbone=test_resnet",
+    "trainer.max_epochs=2",
+    "callbacks=plain",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """Compose the real configs as `python -m transfer.train` would, with the run dir in tmp_path."""
+
+    def _make(*overrides: str, config_name: str = "train", run_dir: Path | None = None):
+        GlobalHydra.instance().clear()
+        run_dir = run_dir or tmp_path / "run"
+        with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.job.num = 0
+            cfg.paths.cache_dir = str(cache_dir)
+        HydraConfig.instance().set_config(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

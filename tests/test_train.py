@@ -1,0 +1,145 @@
+"""End-to-end runs of the real configs: records, selection, resume, eval entry, determinism, checkpoints."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, repo_root
+from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.records import read_jsonl
+from transfer.train import run
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return read_jsonl(run_dir / "results.jsonl")
+
+
+@pytest.fixture
+def trained(make_cfg, tmp_path):
+    cfg = make_cfg("experiment=source_only_toy", *TINY)
+    rows = run(cfg)
+    return cfg, rows, tmp_path / "run"
+
+
+def test_toy_run_writes_records_config_and_checkpoints(trained):
+    cfg, rows, run_dir = trained
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "config_resolved.yaml").exists()
+    assert (run_dir / "logs" / "metrics.csv").exists()
+    saved = _rows(run_dir)
+    assert saved == json.loads(json.dumps(rows))
+    test_rows = {r["target"]: r for r in saved if r["split"] == "test"}
+    assert set(test_rows) == {"sketch", "infrared"}
+    row = test_rows["sketch"]
+    for key in ("experiment", "method", "seed", "fold", "selection", "checkpoint", "git_commit", "metrics"):
+        assert key in row
+    assert row["experiment"] == "source_only_toy" and row["method"] == "source_only"
+    assert row["selection"] == "source_val" and Path(row["checkpoint"]).name.startswith("best-")
+    assert 0.0 <= row["metrics"]["acc"] <= 1.0
+    assert [r["target"] for r in saved if r["split"] == "val"] == ["source"]
+
+
+def test_experiment_overrides_take_effect(make_cfg, tmp_path, monkeypatch):
+    """An experiment's `override /group: option` lines replace the primary config's choices."""
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    (folder / "ddp_probe.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /trainer: ddp\n  - override /selection: last\n"
+        "model:\n  lr: 0.123\n"
+    )
+    monkeypatch.setenv("TRANSFER_EXPERIMENTS_DIR", str(folder))
+    from transfer import experiments
+
+    assert experiments.register() == folder
+    cfg = make_cfg("experiment=ddp_probe")
+    assert cfg.trainer.strategy == "ddp" and cfg.selection.protocol == "last"
+    assert cfg.model.lr == 0.123 and cfg.experiment_name == "ddp_probe"
+    plain = make_cfg()
+    assert "strategy" not in plain.trainer and plain.selection.protocol == "source_val"
+
+
+def test_same_seed_same_numbers(make_cfg, tmp_path):
+    a = run(make_cfg("experiment=source_only_toy", *TINY, run_dir=tmp_path / "a"))
+    b = run(make_cfg("experiment=source_only_toy", *TINY, run_dir=tmp_path / "b"))
+    assert [r["metrics"] for r in a] == [r["metrics"] for r in b]
+
+
+def test_selection_last_and_oracle_are_recorded(make_cfg, tmp_path):
+    rows = run(make_cfg("experiment=source_only_toy", *TINY, "selection=last", run_dir=tmp_path / "last"))
+    assert {r["selection"] for r in rows} == {"last"} and Path(rows[0]["checkpoint"]).name == "last.ckpt"
+    rows = run(make_cfg("experiment=source_only_toy", *TINY, "selection=oracle", run_dir=tmp_path / "oracle"))
+    assert {r["selection"] for r in rows} == {"oracle"}
+    assert "target_acc" in next(r for r in rows if r["split"] == "val")["metrics"]
+
+
+def test_resume_from_last_checkpoint(trained, make_cfg, tmp_path):
+    _, _, run_dir = trained
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    cfg = make_cfg("experiment=source_only_toy", *TINY, "trainer.max_epochs=3", f"ckpt_path={last}",
+                   run_dir=tmp_path / "resumed")
+    run(cfg)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 1 and resumed["epoch"] == 2
+    steps = first["global_step"]
+    assert resumed["global_step"] == steps + steps // 2  # one more epoch, not three
+
+
+def test_eval_entry_reproduces_test_metrics(trained, make_cfg, tmp_path):
+    _, rows, _ = trained
+    ckpt = next(r["checkpoint"] for r in rows if r["split"] == "test")
+    cfg = make_cfg("experiment=source_only_toy", *TINY, f"ckpt_path={ckpt}", config_name="eval",
+                   run_dir=tmp_path / "eval")
+    again = run(cfg)
+    pick = lambda rs: {(r["split"], r["target"]): r["metrics"]["acc"] for r in rs}  # noqa: E731
+    assert pick(again) == pytest.approx(pick(rows))
+
+
+def test_checkpoint_of_another_model_gives_a_clear_error(trained, make_cfg, tmp_path):
+    _, rows, _ = trained
+    ckpt = rows[0]["checkpoint"]
+    cfg = make_cfg("experiment=source_only_toy", *TINY, "model.backbone=test_efficientnet",
+                   f"ckpt_path={ckpt}", config_name="eval", run_dir=tmp_path / "other")
+    with pytest.raises(IncompatibleCheckpointError, match=r"different model.*backbone='test_resnet'") as e:
+        run(cfg)
+    assert len(str(e.value)) < 600  # a sentence, not a dump of every tensor
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_unknown_experiment_lists_available_ones(tmp_path):
+    out = _cli("transfer.train", "experiment=source_only_tyo", cwd=tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert "source_only_tyo" in out.stderr and "source_only_toy" in out.stderr
+
+
+def test_ddp_two_processes_match_single_process_metrics(tmp_path, cache_dir):
+    """Train with strategy=ddp over 2 gloo processes from the CLI (any cwd), then score the selected
+    checkpoint in one process: the DDP-synced torchmetrics values must equal the single-process ones."""
+    args = ["experiment=source_only_toy", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            f"paths.cache_dir={cache_dir}"]
+    out = _cli("transfer.train", *args, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
+    assert len(rows) == 3  # rank 0 alone writes: val/source + 2 targets
+    ckpt = rows[0]["checkpoint"]
+    out = _cli("transfer.eval", *args[:-3], f"paths.cache_dir={cache_dir}", "trainer=cpu", f"ckpt_path={ckpt}",
+               f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    single = read_jsonl(tmp_path / "single" / "results.jsonl")
+    for a, b in zip(rows, single):
+        assert (a["split"], a["target"]) == (b["split"], b["target"])
+        assert a["metrics"]["acc"] == pytest.approx(b["metrics"]["acc"], abs=1e-6)
+
+
+def test_module_entry_works_from_another_directory(tmp_path):
+    out = _cli("transfer.train", "--cfg", "job", "experiment=source_only_toy", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "backbone: test_resnet" in out.stdout and str(repo_root()) not in str(tmp_path)

@@ -1,0 +1,44 @@
+"""Checkpoint compatibility: a checkpoint from another model fails with a short, readable error."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+
+class IncompatibleCheckpointError(RuntimeError):
+    """The checkpoint was written by a model of another architecture or size."""
+
+
+def check_compatible(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
+                     what: str = "checkpoint", hint: str = "") -> None:
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} tensors differ in shape (e.g. {shapes[0]})")
+        if missing:
+            parts.append(f"{len(missing)} expected tensors are absent (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors are unknown to this model (e.g. {unexpected[0]})")
+        raise IncompatibleCheckpointError(
+            f"{what} was saved from a different model: " + "; ".join(parts) + (f". {hint}" if hint else "")
+        )
+
+
+class CompatibleCheckpointMixin:
+    """LightningModule mixin: compare a checkpoint with the model before Lightning loads it."""
+
+    #: hyperparameters that name the architecture, quoted in the error when they differ
+    architecture_keys: tuple[str, ...] = ()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        theirs_hp = checkpoint.get("hyper_parameters", {}) or {}
+        diffs = [f"{k}={theirs_hp.get(k)!r} (this run: {self.hparams.get(k)!r})"
+                 for k in self.architecture_keys if theirs_hp.get(k) != self.hparams.get(k)]
+        hint = ("It was trained with " + ", ".join(diffs)) if diffs else ""
+        check_compatible(self.state_dict(), checkpoint.get("state_dict", {}), hint=hint)

@@ -1,0 +1,3 @@
+from .module import SourceOnlyClassifier
+
+__all__ = ["SourceOnlyClassifier"]

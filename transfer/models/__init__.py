@@ -1,0 +1,3 @@
+from .backbones import create_classifier
+
+__all__ = ["create_classifier"]

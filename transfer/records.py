@@ -1,0 +1,89 @@
+"""Result records: one JSON line per evaluation, appended atomically to ``results.jsonl``.
+
+Methods log test metrics as ``<split>/<target>/<metric>`` (e.g. ``test/sketch/acc``) or, for the pooled
+source split, ``<split>/<metric>`` (e.g. ``val/acc``). :func:`rows_from_metrics` turns those keys into
+rows that all look alike, whatever the method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file + rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def append_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    new = "".join(json.dumps(dict(r), sort_keys=True, default=_json_default) + "\n" for r in rows)
+    atomic_write_text(path, old + new)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to results.jsonl")
+
+
+def git_commit() -> str | None:
+    """The commit of the source checkout this package runs from, if any."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def rows_from_metrics(
+    metrics: Mapping[str, Any],
+    *,
+    split: str,
+    base: Mapping[str, Any],
+    pooled_target: str,
+) -> list[dict]:
+    """Group ``<split>/<target>/<metric>`` keys into one row per target."""
+    per_target: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if parts[0] != split or len(parts) < 2:
+            continue
+        target, name = (pooled_target, parts[1]) if len(parts) == 2 else (parts[1], "/".join(parts[2:]))
+        per_target.setdefault(target, {})[name] = float(value)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return [
+        {**base, "split": split, "target": target, "metrics": m, "time": now}
+        for target, m in sorted(per_target.items())
+    ]
