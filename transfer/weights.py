@@ -114,3 +114,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.weights check NAME`` | ``hash FILE`` | ``list``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m transfer.weights")
+    parser.add_argument("command", choices=["check", "hash", "list"])
+    parser.add_argument("target", nargs="?")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for entry in load_registry().values():
+            print(f"{entry.name:<24} {entry.file:<48} {entry.sha256 or '-'}")
+    elif args.command == "hash":
+        print(sha256sum(args.target))
+    else:
+        print(resolve(args.target))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Weights registry/resolver, safe state-dict loading, pretrained backbones, atomic result records."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from transfer.models import create_classifier
+from transfer.records import append_jsonl, read_jsonl
+from transfer.weights import WeightsEntry, WeightsError, load_registry, load_state_dict, resolve, sha256sum
+
+
+def test_missing_weights_name_the_file_to_place_and_checksum(tmp_path):
+    reg = {"net": WeightsEntry("net", "timm/net.safetensors", sha256="ab" * 32, hub="timm/net")}
+    with pytest.raises(WeightsError, match=r"place the file at .*timm/net\.safetensors \(sha256 abab.*timm/net"):
+        resolve("net", reg, root=tmp_path)
+
+
+def test_unknown_name_suggests_close_ones(tmp_path):
+    reg = {"resnet50.tv_in1k": WeightsEntry("resnet50.tv_in1k", "r50.safetensors")}
+    with pytest.raises(WeightsError, match="Close names: resnet50.tv_in1k"):
+        resolve("resnet50.tv_in1", reg, root=tmp_path)
+
+
+def test_checksum_is_verified(tmp_path):
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(f))
+    good = {"w": WeightsEntry("w", "w.safetensors", sha256=sha256sum(f))}
+    assert resolve("w", good, root=tmp_path) == f
+    bad = {"w": WeightsEntry("w", "w.safetensors", sha256="0" * 64)}
+    with pytest.raises(WeightsError, match="does not match the registered"):
+        resolve("w", bad, root=tmp_path)
+
+
+def test_shipped_registry_parses():
+    reg = load_registry()
+    assert "resnet50.tv_in1k" in reg and reg["resnet50.tv_in1k"].hub
+
+
+def test_torch_files_load_with_weights_only(tmp_path):
+    f = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": {"a": torch.zeros(3)}}, f)
+    assert list(load_state_dict(f)) == ["a"]
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"a": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_state_dict(tmp_path / "evil.pt")
+
+
+def test_pretrained_backbone_from_file_skips_a_head_of_other_size(tmp_path):
+    src = create_classifier("test_resnet", num_classes=10)
+    f = tmp_path / "test_resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(f))
+    model = create_classifier("test_resnet", num_classes=5, pretrained=str(f))
+    stem = next(k for k in model.state_dict() if k.endswith("weight"))
+    assert torch.equal(model.state_dict()[stem], src.state_dict()[stem])
+    assert model.get_classifier().out_features == 5
+    with pytest.raises(WeightsError, match="does not fit"):
+        create_classifier("test_efficientnet", num_classes=5, pretrained=str(f))
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet_typo'"):
+        create_classifier("resnet_typo", 3)
+
+
+def test_jsonl_append_is_atomic(tmp_path):
+    f = tmp_path / "results.jsonl"
+    append_jsonl(f, [{"a": 1}])
+    append_jsonl(f, [{"a": torch.tensor(2.0)}])
+    assert read_jsonl(f) == [{"a": 1}, {"a": 2.0}]
+    before = f.read_bytes()
+    with pytest.raises(TypeError):
+        append_jsonl(f, [{"a": 3}, {"b": object()}])  # fails half-way through the rows
+    assert f.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
+    assert json.loads(before.splitlines()[0]) == {"a": 1}
