@@ -6,6 +6,8 @@ from typing import Any, Mapping
 
 import torch
 
+from transfer.adapters import adapter_state_dict
+
 
 class IncompatibleCheckpointError(RuntimeError):
     """The checkpoint was written by a model of another architecture or size."""
@@ -36,9 +38,28 @@ class CompatibleCheckpointMixin:
     #: hyperparameters that name the architecture, quoted in the error when they differ
     architecture_keys: tuple[str, ...] = ()
 
+    #: save only adapters and other trainable tensors in Lightning checkpoints (the frozen base is rebuilt
+    #: from its pretrained weights when the checkpoint is loaded)
+    adapter_only_checkpoints: bool = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.adapter_only_checkpoints:
+            keep = set(adapter_state_dict(self))
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+            checkpoint["adapter_only"] = True
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         theirs_hp = checkpoint.get("hyper_parameters", {}) or {}
         diffs = [f"{k}={theirs_hp.get(k)!r} (this run: {self.hparams.get(k)!r})"
                  for k in self.architecture_keys if theirs_hp.get(k) != self.hparams.get(k)]
         hint = ("It was trained with " + ", ".join(diffs)) if diffs else ""
-        check_compatible(self.state_dict(), checkpoint.get("state_dict", {}), hint=hint)
+        own = self.state_dict()
+        if checkpoint.get("adapter_only"):
+            own = {k: own[k] for k in adapter_state_dict(self)}
+        check_compatible(own, checkpoint.get("state_dict", {}), hint=hint)
+        self._adapter_only_load = bool(checkpoint.get("adapter_only"))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if getattr(self, "_adapter_only_load", False):  # checked above: every adapter tensor is present
+            strict, self._adapter_only_load = False, False
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -1,0 +1,105 @@
+"""Adapter-only checkpoints: the trainable tensors as safetensors + their configuration as JSON.
+
+A folder holds ``adapter_model.safetensors`` and ``adapter_config.json`` (the JSON is also stored in the
+safetensors metadata, so the tensor file alone is self-describing). Loading refuses a file whose adapter
+settings or base weight shapes differ from the model's, naming the module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .config import AdapterConfig
+from .inject import _set, adapter_layers, mark_trainable
+from .layer import AdapterLayer
+
+FORMAT = "transfer-adapters/1"
+TENSORS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+class AdapterCheckpointError(RuntimeError):
+    """An adapter file does not fit the model it is loaded into."""
+
+
+def _layer_spec(layer: AdapterLayer) -> dict:
+    return {"kind": layer.kind, "rank": layer.rank, "alpha": layer.alpha, "dora": layer.dora,
+            "dora_axis": layer.dora_axis, "base_type": type(layer.base).__name__,
+            "weight_shape": list(layer.base.weight.shape)}
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter factors, DoRA magnitudes and any other trainable tensor (heads, norms) — not the frozen base."""
+    layers = adapter_layers(model)
+    keep = {f"{n}.{p}" for n, layer in layers.items() for p, _ in layer.named_parameters() if not p.startswith("base.")}
+    keep |= {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach() for k, v in model.state_dict().items() if k in keep}
+
+
+def save_adapters(model: nn.Module, folder: str | Path, config: AdapterConfig | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = adapter_layers(model)
+    if not layers:
+        raise AdapterCheckpointError("the model carries no adapter layers; nothing to save")
+    meta = {"format": FORMAT, "config": config.to_dict() if config else None,
+            "modules": {n: _layer_spec(layer) for n, layer in layers.items()}}
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    tmp = folder / (TENSORS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"transfer": json.dumps(meta)})
+    tmp.replace(folder / TENSORS)
+    (folder / CONFIG).write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def read_adapter_meta(folder: str | Path) -> dict:
+    path = Path(folder) / TENSORS
+    if not path.exists():
+        raise AdapterCheckpointError(f"{path}: no adapter file")
+    with safe_open(str(path), "pt") as f:
+        raw = (f.metadata() or {}).get("transfer")
+    if raw is None:
+        raise AdapterCheckpointError(f"{path}: not a transfer adapter file (no 'transfer' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise AdapterCheckpointError(f"{path}: unknown adapter format {meta.get('format')!r}")
+    return meta
+
+
+def load_adapters(model: nn.Module, folder: str | Path, inject_missing: bool = True) -> nn.Module:
+    """Load adapters saved by :func:`save_adapters`; wraps plain modules first when ``inject_missing``."""
+    path = Path(folder) / TENSORS
+    meta = read_adapter_meta(folder)
+    for name, spec in meta["modules"].items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise AdapterCheckpointError(f"{path}: module '{name}' does not exist in this model") from None
+        base = module.base if isinstance(module, AdapterLayer) else module
+        if type(base).__name__ != spec["base_type"] or list(base.weight.shape) != spec["weight_shape"]:
+            raise AdapterCheckpointError(
+                f"{path}: module '{name}' was {spec['base_type']} {tuple(spec['weight_shape'])} when saved, "
+                f"this model has {type(base).__name__} {tuple(base.weight.shape)}"
+            )
+        wanted = {k: spec[k] for k in ("kind", "rank", "alpha", "dora", "dora_axis")}
+        if isinstance(module, AdapterLayer):
+            have = {k: v for k, v in _layer_spec(module).items() if k in wanted}
+            if have != wanted:
+                raise AdapterCheckpointError(f"{path}: module '{name}' carries {have}, the file holds {wanted}")
+        elif inject_missing:
+            _set(model, name, AdapterLayer(module, AdapterConfig(**wanted)))
+        else:
+            raise AdapterCheckpointError(f"{path}: module '{name}' has no adapter (use inject_missing=True)")
+    tensors = load_file(str(path))
+    own = model.state_dict()
+    bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
+    if bad:
+        raise AdapterCheckpointError(f"{path}: {len(bad)} tensors do not fit this model (e.g. '{bad[0]}')")
+    model.load_state_dict(tensors, strict=False)
+    if meta.get("config"):
+        mark_trainable(model, AdapterConfig(**meta["config"]))
+    return model
