@@ -51,8 +51,7 @@ def test_identity_at_init(layer_key, kind):
     assert torch.allclose(layer(x), base(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["auto", "materialize"])
-@pytest.mark.parametrize("kind", PAPER_KINDS)
+@pytest.mark.parametrize("kind,mode", [(k, "materialize") for k in PAPER_KINDS] + [("lora_c", "branch"), ("dora_c", "branch")])
 @pytest.mark.parametrize("layer_key", list(LAYERS))
 def test_merged_equals_unmerged(layer_key, kind, mode):
     _, layer, x = _adapted(layer_key, kind, forward_mode=mode)

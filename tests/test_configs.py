@@ -10,7 +10,7 @@ from transfer.weights import WeightsError
 @pytest.mark.parametrize("name", experiments.available())
 def test_experiment_composes_and_instantiates(make_cfg, name):
     cfg = make_cfg(f"experiment={name}")
-    assert cfg.experiment_name == name and cfg.selection.protocol in {"source_val", "fewshot_val", "last", "oracle"}
+    assert cfg.experiment_name == name and cfg.selection.protocol in {"source_val", "target_val", "fewshot_val", "last", "oracle"}
     instantiate(cfg.data, _convert_="all")
     instantiate(cfg.trainer)
     try:

@@ -42,11 +42,15 @@ class CompatibleCheckpointMixin:
     #: from its pretrained weights when the checkpoint is loaded)
     adapter_only_checkpoints: bool = False
 
+    def partial_checkpoint_keys(self) -> set[str] | None:
+        """Keys a checkpoint keeps, or None for the whole state dict (methods may override)."""
+        return set(adapter_state_dict(self)) if self.adapter_only_checkpoints else None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.adapter_only_checkpoints:
-            keep = set(adapter_state_dict(self))
+        keep = self.partial_checkpoint_keys()
+        if keep is not None:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-            checkpoint["adapter_only"] = True
+            checkpoint["partial_state_dict"] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         theirs_hp = checkpoint.get("hyper_parameters", {}) or {}
@@ -54,12 +58,13 @@ class CompatibleCheckpointMixin:
                  for k in self.architecture_keys if theirs_hp.get(k) != self.hparams.get(k)]
         hint = ("It was trained with " + ", ".join(diffs)) if diffs else ""
         own = self.state_dict()
-        if checkpoint.get("adapter_only"):
-            own = {k: own[k] for k in adapter_state_dict(self)}
+        partial = bool(checkpoint.get("partial_state_dict"))
+        if partial:
+            own = {k: own[k] for k in (self.partial_checkpoint_keys() or own)}
         check_compatible(own, checkpoint.get("state_dict", {}), hint=hint)
-        self._adapter_only_load = bool(checkpoint.get("adapter_only"))
+        self._partial_load = partial
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if getattr(self, "_adapter_only_load", False):  # checked above: every adapter tensor is present
-            strict, self._adapter_only_load = False, False
+        if getattr(self, "_partial_load", False):  # checked above: every kept tensor is present
+            strict, self._partial_load = False, False
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

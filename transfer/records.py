@@ -72,13 +72,14 @@ def rows_from_metrics(
     *,
     split: str,
     base: Mapping[str, Any],
-    pooled_target: str,
+    pooled_target: str | None,
 ) -> list[dict]:
-    """Group ``<split>/<target>/<metric>`` keys into one row per target."""
+    """Group ``<split>/<target>/<metric>`` keys into one row per target; ``<split>/<metric>`` keys go to
+    ``pooled_target`` (skipped when None, e.g. a monitor key that repeats a per-target value)."""
     per_target: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if parts[0] != split or len(parts) < 2:
+        if parts[0] != split or len(parts) < 2 or (len(parts) == 2 and pooled_target is None):
             continue
         target, name = (pooled_target, parts[1]) if len(parts) == 2 else (parts[1], "/".join(parts[2:]))
         per_target.setdefault(target, {})[name] = float(value)

@@ -12,7 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer import experiments
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
@@ -40,17 +40,13 @@ def build(cfg: DictConfig):
     return datamodule, model, trainer
 
 
-def selected_checkpoint(trainer: L.Trainer, monitor: str | None) -> str | None:
-    """The checkpoint the selection protocol picked: best on ``monitor``, else the latest one."""
-    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-    if monitor:
-        for cb in callbacks:
-            if cb.monitor == monitor and cb.best_model_path:
-                return cb.best_model_path
-        raise RuntimeError(f"no checkpoint was saved on '{monitor}': is it logged by this method?")
-    latest = [cb for cb in callbacks if cb.monitor is None and cb.best_model_path]
-    latest.sort(key=lambda cb: cb.filename != "last")
-    return latest[0].best_model_path if latest else None
+def selected_checkpoint(trainer: L.Trainer, monitor: str) -> str:
+    """The best checkpoint on ``monitor`` (the selection protocol's metric)."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor and cb.best_model_path:
+            return cb.best_model_path
+    raise RuntimeError(f"no checkpoint was saved on '{monitor}': is it logged by this method, and is "
+                       f"validation run (trainer.limit_val_batches > 0)?")
 
 
 def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str | None) -> list[dict]:
@@ -62,6 +58,7 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
     base = {
         "experiment": cfg.experiment_name,
         "method": cfg.get("method"),
+        "variant": cfg.get("variant"),
         "seed": cfg.seed,
         "fold": cfg.get("fold"),
         "selection": cfg.selection.protocol,
@@ -69,7 +66,8 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
         "git_commit": git_commit(),
         "run_dir": str(Path(cfg.paths.output_dir).resolve()),
     }
-    rows = rows_from_metrics(metrics, split="val", base=base, pooled_target="source")
+    pooled = getattr(model, "pooled_val_target", "source")  # what un-targeted val keys (val/acc) describe
+    rows = rows_from_metrics(metrics, split="val", base=base, pooled_target=pooled)
     rows += rows_from_metrics(metrics, split="test", base=base, pooled_target="all_targets")
     if trainer.is_global_zero:
         append_jsonl(cfg.paths.results_file, rows)
@@ -85,13 +83,45 @@ def print_rows(rows: list[dict]) -> None:
 
 
 def run(cfg: DictConfig) -> list[dict]:
+    """One run, or — when the experiment lists ``variants`` — each variant in turn, then a comparison."""
+    if not cfg.get("variants"):
+        return run_one(cfg)
+    out = Path(cfg.paths.output_dir)
+    results_file = str(cfg.paths.results_file)
+    rows = []
+    for name, overrides in cfg.variants.items():
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.variants, sub.variant = None, name
+            sub.paths.output_dir, sub.paths.results_file = str(out / name), results_file
+        sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(list(overrides or [])))
+        log.info("variant %s: %s", name, " ".join(overrides or []) or "(the experiment as is)")
+        rows += run_one(sub)
+    if rows:
+        print_comparison(rows)
+    return rows
+
+
+def print_comparison(rows: list[dict]) -> None:
+    print(f"\n{'variant':<16} {'target':<14} metrics (split test)")
+    for r in rows:
+        if r["split"] == "test":
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()))
+            print(f"{r.get('variant') or '-':<16} {r['target']:<14} {shown}")
+
+
+def run_one(cfg: DictConfig) -> list[dict]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and HydraConfig.initialized():
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if hasattr(model, "prepare"):  # stages a method needs before fitting (cached), e.g. a toy's pre-training
+        model.prepare(datamodule)
     ckpt = cfg.get("ckpt_path")
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        ckpt = selected_checkpoint(trainer, cfg.selection.monitor)
+        final = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(final)  # the state at the end of training, whatever the callbacks' schedule
+        ckpt = selected_checkpoint(trainer, cfg.selection.monitor) if cfg.selection.monitor else str(final)
     if not cfg.get("test", True):
         return []
     return evaluate(cfg, trainer, model, datamodule, ckpt)

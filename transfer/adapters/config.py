@@ -48,7 +48,7 @@ class AdapterConfig:
     target: str | Sequence[str] = ".*"
     train_norms: bool = False  # also train norm layers (affine) of the model
     modules_to_save: Sequence[str] = field(default_factory=list)  # regexes of extra trainable modules (heads)
-    forward_mode: str = "auto"  # auto | materialize | branch
+    forward_mode: str = "auto"  # auto (= materialize) | materialize | branch (unfold_lora only)
     eps: float = 1e-6  # clamp of the DoRA weight norm
 
     def __post_init__(self) -> None:

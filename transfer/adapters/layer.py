@@ -5,7 +5,8 @@ weight is transposed on the way in and out. Two forward paths compute the same f
 - ``materialize``: build W = W0 + s*dW (DoRA: m * W / ||W||, norm detached) and call the base op once;
   exact for any stride, dilation, padding (incl. "same") and padding_mode;
 - ``branch`` (unfold_lora only): base op with W0, plus s * B(A(x)) where A is a conv with the base
-  kernel and settings and B a 1x1 conv; cheaper for small ranks because no full-size weight gradient.
+  kernel and settings and B a 1x1 conv (peft's formulation); avoids the full-size weight gradient but
+  runs two extra convolutions. ``auto`` picks ``materialize``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class AdapterLayer(nn.Module):
         can_branch = self.kind == "unfold_lora" and (not self.dora or self.dora_axis == "out")
         if mode == "branch" and not can_branch:
             raise ValueError("forward_mode='branch' needs kind unfold_lora (and DoRA on the out axis)")
-        self.branch = can_branch if mode == "auto" else mode == "branch"
+        self.branch = mode == "branch"  # auto = materialize: measured faster on CPU (benchmarks/adapters.py)
         self.merged = False
         self._w0: torch.Tensor | None = None
 

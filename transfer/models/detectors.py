@@ -1,0 +1,158 @@
+"""torchvision detectors by name (COCO weights through ``weights/``) and a frozen wrapper.
+
+``FrozenDetector`` keeps the detector's parameters *and* buffers unchanged: BatchNorm layers are turned
+into ``FrozenBatchNorm2d`` (what torchvision does for its trained models anyway), the wrapper stays in
+eval mode whatever ``.train()`` the parent calls, the loss pass (train mode, needs targets) and the
+prediction pass (eval mode, ``no_grad``, never sees targets) are separate calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from transfer.weights import load_state_dict, resolve
+
+TORCHVISION = {
+    "fcos": torchvision.models.detection.fcos_resnet50_fpn,
+    "retinanet": torchvision.models.detection.retinanet_resnet50_fpn,
+    "fasterrcnn": torchvision.models.detection.fasterrcnn_resnet50_fpn,
+}
+
+
+class DetectorWeightsError(RuntimeError):
+    """A detector checkpoint does not fit the detector it is loaded into."""
+
+
+class TinyBackbone(nn.Module):
+    """4 stages of Conv3x3-GroupNorm-ReLU (strides 2, 4, 8, 16) returning stride-8 and stride-16 maps."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        half = width // 2
+
+        def block(i, o, stride):
+            return [nn.Conv2d(i, o, 3, stride, 1), nn.GroupNorm(8, o), nn.ReLU(inplace=True)]
+
+        self.s2 = nn.Sequential(*block(3, half, 2), *block(half, half, 1))
+        self.s4 = nn.Sequential(*block(half, width, 2))
+        self.s8 = nn.Sequential(*block(width, width, 2), *block(width, width, 1))
+        self.s16 = nn.Sequential(*block(width, width, 2), *block(width, width, 1))
+        self.out_channels = width
+
+    def forward(self, x):
+        p3 = self.s8(self.s4(self.s2(x)))
+        return OrderedDict(p3=p3, p4=self.s16(p3))
+
+
+def tiny_fcos(num_classes: int = 4, size: int = 64, width: int = 32, **kwargs) -> FCOS:
+    """An 84k-parameter FCOS for toys and tests: GroupNorm only (no running statistics), fixed input size."""
+    anchors = AnchorGenerator(sizes=((8,), (16,)), aspect_ratios=((1.0,), (1.0,)))
+    head = FCOSHead(width, num_anchors=1, num_classes=num_classes, num_convs=2)
+    defaults = dict(min_size=size, max_size=size, score_thresh=0.05, detections_per_img=50, topk_candidates=200)
+    return FCOS(TinyBackbone(width), num_classes, anchor_generator=anchors, head=head, **{**defaults, **kwargs})
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d carrying the same statistics (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def create_detector(name: str, weights: str | None = None, num_classes: int = 91, **kwargs: Any) -> nn.Module:
+    """``name``: fcos | retinanet | fasterrcnn (ResNet-50 FPN, COCO head of 91 classes) | tiny_fcos.
+    ``weights``: a registered name (e.g. ``fcos_resnet50_fpn.coco``) or a file; never downloaded."""
+    if name == "tiny_fcos":
+        model = tiny_fcos(num_classes=num_classes, **kwargs)
+    elif name in TORCHVISION:
+        model = TORCHVISION[name](weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    else:
+        raise ValueError(f"unknown detector '{name}'; known: {', '.join([*TORCHVISION, 'tiny_fcos'])}")
+    freeze_batchnorm(model)
+    if weights:
+        path = resolve(weights)
+        load_detector_weights(model, load_state_dict(path), str(path))
+    return model
+
+
+def load_detector_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in state]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    unexpected = [k for k in state if k not in own]
+    if missing or shapes or unexpected:
+        example = (shapes or missing or unexpected)[0]
+        raise DetectorWeightsError(
+            f"{source} does not fit {type(model).__name__}: {len(shapes)} tensors of another shape, {len(missing)} "
+            f"missing, {len(unexpected)} unknown (e.g. '{example}'); is it a checkpoint of another detector?"
+        )
+    model.load_state_dict(state)
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over names and bytes of every parameter and buffer (first 16 hex digits)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FrozenDetector(nn.Module):
+    """A detector whose weights never change unless ``trainable`` says so (fine-tuning baselines).
+
+    ``trainable``: ``none`` (ModTr), ``full`` or ``head`` (``detector.head`` / ``roi_heads`` + ``rpn``).
+    """
+
+    def __init__(self, detector: nn.Module, trainable: str = "none", name: str = "detector"):
+        super().__init__()
+        if trainable not in ("none", "full", "head"):
+            raise ValueError(f"trainable must be none, full or head, got '{trainable}'")
+        self.detector, self.trainable, self.name = freeze_batchnorm(detector), trainable, name
+        for p in self.detector.parameters():
+            p.requires_grad_(trainable == "full")
+        if trainable == "head":
+            heads = [getattr(self.detector, a) for a in ("head", "roi_heads", "rpn") if hasattr(self.detector, a)]
+            for p in (p for h in heads for p in h.parameters()):
+                p.requires_grad_(True)
+        self.detector.eval()
+
+    def train(self, mode: bool = True) -> "FrozenDetector":
+        self.training = mode  # the detector itself stays in eval mode; losses() switches it briefly
+        return self
+
+    def losses(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """The detector's own training losses; gradients flow to the input (and to trainable weights)."""
+        self.detector.train()
+        try:
+            return self.detector(list(images), targets)
+        finally:
+            self.detector.eval()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor | list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Plain inference: eval mode, no targets, no gradients."""
+        self.detector.eval()
+        return self.detector(list(images))
+
+    def weights_hash(self) -> str:
+        return weights_hash(self.detector)
