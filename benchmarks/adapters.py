@@ -17,14 +17,20 @@ import time
 import torch
 from torch import nn
 
-from transfer.adapters import AdapterConfig, AdapterLayer, inject
+from transfer.adapters import AdapterConfig, inject, merge_all
 
 KINDS = ["lora_c", "convlora", "cp_lora", "dora_c", "convdora", "cp_dora"]
 #: (label, kind, forward_mode): the two forward paths of LoRA-C/DoRA-C are both timed
 VARIANTS = [(k, k, "auto") for k in KINDS] + [("lora_c/branch", "lora_c", "branch"), ("dora_c/branch", "dora_c", "branch")]
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def one_step(model: nn.Module, x: torch.Tensor, train: bool) -> float:
+    _sync()
     t0 = time.perf_counter()
     if train:  # forward + backward to the trainable tensors and to the input (as inside a deeper network)
         model(x.detach().requires_grad_(True)).square().mean().backward()
@@ -32,6 +38,7 @@ def one_step(model: nn.Module, x: torch.Tensor, train: bool) -> float:
     else:
         with torch.no_grad():
             model(x)
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -67,12 +74,11 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, targets: list[str], rank
         m = copy.deepcopy(model)
         inject(m, AdapterConfig(kind=kind, rank=rank, target=targets, forward_mode=mode))
         counts[label] = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        merged = copy.deepcopy(m)
-        for layer in merged.modules():
-            if isinstance(layer, AdapterLayer):
-                layer.merge()
+        merged = merge_all(copy.deepcopy(m))  # plain modules, as exported for inference
         models[label], models[label + "/merged"] = (m, True), (merged, False)
-    t = interleaved(models, x, rounds)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    models = {k: (m.to(device), train) for k, (m, train) in models.items()}
+    t = interleaved(models, x.to(device), rounds)
     rows = [f"\n{name}: frozen base step {t['base'] * 1e3:.1f} ms, peft LoRA r{rank} step {t['peft'] * 1e3:.1f} ms "
             f"({t['peft'] / t['base']:.2f}x base), plain inference {t['plain_inference'] * 1e3:.1f} ms",
             f"{'kind':<14} {'trainable':>10} {'step/base':>10} {'step/peft':>10} {'merged inf/plain':>17}"]
@@ -91,7 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, input {args.size}^3, rank {args.rank}, "
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {args.threads} threads"
+    print(f"torch {torch.__version__}, {where}, input {args.size}^3, rank {args.rank}, "
           f"best of {args.rounds} interleaved rounds")
     conv = nn.Sequential(nn.Conv3d(32, 32, 3, padding=1))
     lines = bench("Conv3d 32->32 k3", conv, torch.randn(1, 32, args.size, args.size, args.size), ["0"],

@@ -325,6 +325,14 @@ class PairedDetectionDataModule(L.LightningDataModule):
                         self.root, split, dropped, clipped)
         return items
 
+    def _check_orphan_annotations(self, used: set[str]) -> None:
+        """LLVIP keeps one Annotations/ folder for both splits: an xml without an image is an error."""
+        ann_dir = self.root / "Annotations"
+        orphans = sorted(p for p in ann_dir.glob("*.xml") if p.stem not in used)
+        if orphans:
+            raise DatasetError(f"{orphans[0]}: annotation has no image in infrared/train or infrared/test "
+                               f"({len(orphans)} such files)")
+
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
@@ -337,6 +345,8 @@ class PairedDetectionDataModule(L.LightningDataModule):
         self.train_set = PairedDetectionDataset([train[i] for i in sorted(perm[n_val:])], augment)
         self.val_set = PairedDetectionDataset([train[i] for i in sorted(perm[:n_val])])
         test = self.items("test")
+        if self.format == "llvip" and not self.limit:
+            self._check_orphan_annotations({i.id for i in train} | {i.id for i in test})
         for it in test:
             it.ann = filter_boxes(it.ann, 0.0, self.test_min_height)
         self.test_set = PairedDetectionDataset(test)

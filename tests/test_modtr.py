@@ -293,3 +293,65 @@ def test_modtr_toy_meets_the_acceptance_bands(tmp_path):
     assert m[("modtr_mul", "ir")]["map"] * 100 >= max(40, 0.8 * rgb_before)
     assert m[("modtr_mul", "rgb")]["detector_unchanged"] == 1.0
     assert m[("finetune_full", "rgb")]["map"] * 100 <= rgb_before - 8
+
+
+def test_ddp_modtr_run_matches_single_process_evaluation(tmp_path):
+    """ModTr trained with strategy=ddp on 2 gloo processes; its synced test mAPs equal a one-process
+    evaluation of the same translator checkpoint."""
+    common = ["experiment=modtr_toy", "variants=null", "data.n_train=48", "data.n_test=16", "data.size=32",
+              "detector.size=32", "model.pretrain.steps=6", "data.batch_size=4", "callbacks=plain",
+              f"paths.cache_dir={tmp_path / 'cache'}"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                    text=True, timeout=600, env=env)
+    res = run("transfer.train", *common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+              "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'ddp'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp = {r["target"]: r for r in read_jsonl(tmp_path / "ddp" / "results.jsonl") if r["split"] == "test"}
+    assert ddp["rgb"]["metrics"]["detector_unchanged"] == 1.0
+    res = run("transfer.eval", *common, "trainer=cpu", f"ckpt_path={ddp['ir']['checkpoint']}",
+              f"hydra.run.dir={tmp_path / 'single'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = {r["target"]: r for r in read_jsonl(tmp_path / "single" / "results.jsonl") if r["split"] == "test"}
+    for target in ("ir", "ir_zero_shot", "rgb"):
+        assert single[target]["metrics"]["map"] == pytest.approx(ddp[target]["metrics"]["map"], abs=1e-6)
+
+
+def test_llvip_annotation_without_image_is_named(tmp_path):
+    root = tmp_path / "LLVIP"
+    for split in ("train", "test"):
+        _img(root / "infrared" / split / f"{split}1.jpg", mode="L")
+        _img(root / "visible" / split / f"{split}1.jpg")
+        _xml(root / "Annotations" / f"{split}1.xml", [("person", (1, 1, 9, 9))])
+    PairedDetectionDataModule(str(root), "llvip", {"person": 1}).setup()
+    _xml(root / "Annotations" / "ghost.xml", [])
+    with pytest.raises(DatasetError, match=r"ghost\.xml: annotation has no image"):
+        PairedDetectionDataModule(str(root), "llvip", {"person": 1}).setup()
+
+
+def test_box_aware_flip_moves_boxes_with_both_modalities(flir):
+    dm = PairedDetectionDataModule(str(flir), "flir_aligned", FLIR, val_ratio=0.0, hflip=1.0)
+    dm.setup()
+    plain = PairedDetectionDataModule(str(flir), "flir_aligned", FLIR, val_ratio=0.0)
+    plain.setup()
+    a, b = dm.train_set[0], plain.train_set[0]
+    assert torch.equal(a["ir"], b["ir"].flip(-1)) and torch.equal(a["rgb"], b["rgb"].flip(-1))
+    w = b["ir"].shape[-1]
+    expected = b["target"]["boxes"].clone()
+    expected[:, [0, 2]] = w - b["target"]["boxes"][:, [2, 0]]
+    assert torch.allclose(a["target"]["boxes"], expected) and torch.equal(a["target"]["labels"], b["target"]["labels"])
+
+
+def test_modtr_then_finetune_starts_from_a_trained_translator(tmp_path):
+    torch.manual_seed(0)
+    det = {"name": "tiny_fcos", "num_classes": 4, "size": 32}
+    first = ModTrModule(detector=det, translator={"name": "tiny_unet"})
+    with torch.no_grad():
+        next(first.translator.parameters()).add_(1.0)
+    path = save_translator(first, tmp_path / "t.safetensors")
+    both = ModTrModule(detector=det, translator={"name": "tiny_unet"}, translator_weights=str(path),
+                       train_detector="full", train_translator=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.translator.state_dict().values(),
+                                                  both.translator.state_dict().values()))
+    assert not any(p.requires_grad for p in both.translator.parameters())
+    assert all(p.requires_grad for p in both.detector.parameters())

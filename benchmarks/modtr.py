@@ -1,0 +1,95 @@
+"""One training step of ModTr vs full fine-tuning of the same detector on the same batch.
+
+    python benchmarks/modtr.py [--detector fcos] [--translator resnet34] [--size 256 320] [--batch 2]
+
+Each variant runs in a fresh subprocess. Time = best of --rounds steps (forward, backward, AdamW step);
+memory = peak over the steps minus the memory held before the first step (activations, gradients and
+optimizer state: what a step adds on top of the models), from CUDA's allocator on a GPU, else the process
+peak resident set. Prints the ratios ModTr / full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def one_variant(variant: str, args) -> dict:
+    from transfer.methods.modtr import ModTrModule
+
+    torch.manual_seed(0)
+    translator = {"name": "identity"} if variant == "finetune_full" else {"name": "unet", "encoder": args.translator}
+    module = ModTrModule(detector={"name": args.detector, "num_classes": 91}, translator=translator,
+                         train_detector="full" if variant == "finetune_full" else "none",
+                         train_translator=variant == "modtr")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module.to(device)
+    h, w = args.size
+    ir = torch.rand(args.batch, 1, h, w, device=device)
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 80.0, 120.0], [100.0, 60.0, 200.0, 140.0]], device=device),
+                "labels": torch.tensor([1, 3], device=device)} for _ in range(args.batch)]
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        before = rss_mb()
+    times = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        loss = sum(module.detector.losses(module.translator(ir), targets).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"variant": variant, "device": device, "step_s": min(times), "extra_mb": peak - before, "trainable": trainable}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--detector", default="fcos")
+    ap.add_argument("--translator", default="resnet34")
+    ap.add_argument("--size", type=int, nargs=2, default=[256, 320])
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(one_variant(args.child, args)))
+        return
+    res = {}
+    for variant in ("modtr", "finetune_full"):
+        out = subprocess.run([sys.executable, __file__, "--child", variant, *sys.argv[1:]], capture_output=True,
+                             text=True, check=True)
+        res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    m, f = res["modtr"], res["finetune_full"]
+    print(f"{args.detector} + UNet-{args.translator}, batch {args.batch} x {args.size[0]}x{args.size[1]}, "
+          f"{m['device']}, {args.threads} threads, best of {args.rounds} steps")
+    for r in (m, f):
+        print(f"{r['variant']:<14} trainable {r['trainable'] / 1e6:6.2f} M  step {r['step_s']:.3f} s  "
+              f"step memory {r['extra_mb']:8.1f} MiB")
+    print(f"ModTr / full FT: time {m['step_s'] / f['step_s']:.2f}x, memory {m['extra_mb'] / f['extra_mb']:.2f}x "
+          f"(goal <= 0.7x)")
+
+
+if __name__ == "__main__":
+    main()
