@@ -12,6 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer import experiments
@@ -52,7 +53,10 @@ def selected_checkpoint(trainer: L.Trainer, monitor: str) -> str:
 def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str | None) -> list[dict]:
     """Score ``ckpt`` on the validation and test splits; rank 0 appends one row per target to results.jsonl."""
     metrics: dict[str, float] = {}
-    for stage in (trainer.validate, trainer.test):
+    stages = [trainer.test]
+    if is_overridden("validation_step", model) and is_overridden("val_dataloader", datamodule):
+        stages.insert(0, trainer.validate)
+    for stage in stages:
         stage(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     base = {
@@ -85,7 +89,7 @@ def print_rows(rows: list[dict]) -> None:
 def run(cfg: DictConfig) -> list[dict]:
     """One run, or — when the experiment lists ``variants`` — each variant in turn, then a comparison."""
     if not cfg.get("variants"):
-        return run_one(cfg)
+        return run_folds(cfg)
     out = Path(cfg.paths.output_dir)
     results_file = str(cfg.paths.results_file)
     rows = []
@@ -96,18 +100,45 @@ def run(cfg: DictConfig) -> list[dict]:
             sub.paths.output_dir, sub.paths.results_file = str(out / name), results_file
         sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(list(overrides or [])))
         log.info("variant %s: %s", name, " ".join(overrides or []) or "(the experiment as is)")
-        rows += run_one(sub)
+        rows += run_folds(sub)
     if rows:
         print_comparison(rows)
+    if any(out.rglob("per_case.csv")):
+        from transfer.report import build_report
+
+        print(build_report([out], out / "report"))
+    return rows
+
+
+def run_folds(cfg: DictConfig) -> list[dict]:
+    """``fold=all``: every fold of the fold file in turn (same pre-trained start), then the pooled cases."""
+    if cfg.get("fold") != "all":
+        return run_one(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    out, rows = Path(cfg.paths.output_dir), []
+    for i in range(datamodule.num_folds):
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.fold, sub.data.fold = i, i
+            sub.paths.output_dir, sub.paths.results_file = str(out / f"fold_{i}"), str(cfg.paths.results_file)
+        rows += run_one(sub)
+    parts = [out / f"fold_{i}" / "per_case.csv" for i in range(datamodule.num_folds)]
+    if all(p.exists() for p in parts):
+        from transfer.metrics.clinical import cases_from_csv, cases_to_csv
+
+        cases = [c for p in parts for c in cases_from_csv(p.read_text())]
+        atomic_write_text(out / "per_case.csv", cases_to_csv(cases))
     return rows
 
 
 def print_comparison(rows: list[dict]) -> None:
-    print(f"\n{'variant':<16} {'target':<14} metrics (split test)")
+    print(f"\n{'variant':<16} {'fold':<5} {'target':<14} metrics (split test)")
     for r in rows:
         if r["split"] == "test":
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()))
-            print(f"{r.get('variant') or '-':<16} {r['target']:<14} {shown}")
+            fold = "-" if r.get("fold") is None else str(r["fold"])
+            print(f"{r.get('variant') or '-':<16} {fold:<5} {r['target']:<14} {shown}")
 
 
 def run_one(cfg: DictConfig) -> list[dict]:
@@ -115,12 +146,13 @@ def run_one(cfg: DictConfig) -> list[dict]:
     if trainer.is_global_zero and HydraConfig.initialized():
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if hasattr(model, "prepare"):  # stages a method needs before fitting (cached), e.g. a toy's pre-training
+        datamodule.prepare_data()  # idempotent; every process may run it (writes are atomic)
         model.prepare(datamodule)
     ckpt = cfg.get("ckpt_path")
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         final = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(final)  # the state at the end of training, whatever the callbacks' schedule
+        trainer.save_checkpoint(final, weights_only=False)  # the state at the end of training, whatever the callbacks' schedule
         ckpt = selected_checkpoint(trainer, cfg.selection.monitor) if cfg.selection.monitor else str(final)
     if not cfg.get("test", True):
         return []

@@ -1,6 +1,8 @@
 """Synthetic datasets written to disk in real formats, so toys and tests go through the real readers."""
 
 from .domains import SyntheticDomainDataModule, generate_domains
+from .hematoma import SyntheticHematomaDataModule, generate_hematoma
 from .rgbir import SyntheticRGBIRDataModule, generate_rgbir
 
-__all__ = ["SyntheticDomainDataModule", "SyntheticRGBIRDataModule", "generate_domains", "generate_rgbir"]
+__all__ = ["SyntheticDomainDataModule", "SyntheticHematomaDataModule", "SyntheticRGBIRDataModule", "generate_domains",
+           "generate_hematoma", "generate_rgbir"]

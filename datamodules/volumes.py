@@ -1,0 +1,238 @@
+"""CT volumes + binary masks listed in a Decathlon-style datalist, with folds from a committed file.
+
+Datalist: ``{"training": [{"image": "imagesTr/x.nii.gz", "label": "labelsTr/x.nii.gz", "case_id": "x",
+"patient_id": "p1"}, ...]}`` (paths relative to the datalist's folder; ``case_id`` defaults to the image
+stem, ``patient_id`` to ``case_id``). Folds come from a fold file written by ``python -m transfer.folds
+make`` (never re-split here): fold ``i`` is the test set, the other folds are the training set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import torch
+from monai import transforms as T
+from monai.data import CacheDataset, DataLoader
+
+from .domains import DatasetError
+
+
+def load_datalist(path: str | Path, key: str = "training") -> list[dict]:
+    """Cases with absolute paths; a missing file or a case without image/label is an error naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: datalist does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if key not in data:
+        raise DatasetError(f"{path}: no '{key}' list (Decathlon datalist format)")
+    cases, seen = [], set()
+    for i, entry in enumerate(data[key]):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise DatasetError(f"{path}: entry {i} needs 'image' and 'label'")
+        case = dict(entry)
+        for k in ("image", "label"):
+            case[k] = str((path.parent / entry[k]).resolve())
+            if not Path(case[k]).exists():
+                raise DatasetError(f"{path}: entry {i} points at a missing {k} file {case[k]}")
+        case.setdefault("case_id", Path(entry["image"]).name.split(".")[0])
+        case.setdefault("patient_id", case["case_id"])
+        if case["case_id"] in seen:
+            raise DatasetError(f"{path}: case_id '{case['case_id']}' appears twice")
+        seen.add(case["case_id"])
+        cases.append(case)
+    return cases
+
+
+def check_pair(case: dict, atol: float = 1e-3) -> None:
+    """Image and label must share shape and affine (headers only; nothing is decoded)."""
+    try:
+        img, lab = nib.load(case["image"]), nib.load(case["label"])
+    except Exception as e:  # nibabel raises several types for corrupt headers
+        raise DatasetError(f"case {case['case_id']}: cannot read NIfTI ({e})") from None
+    if img.shape[:3] != lab.shape[:3]:
+        raise DatasetError(f"case {case['case_id']}: image shape {img.shape} differs from label shape {lab.shape}")
+    if not np.allclose(img.affine, lab.affine, atol=atol):
+        raise DatasetError(f"case {case['case_id']}: image and label affines differ")
+
+
+def read_folds(path: str | Path, cases: Sequence[dict] | None = None) -> dict[str, int]:
+    """``{case_id: fold}`` from a fold file; every case of ``cases`` must be covered."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: fold file does not exist (make one: python -m transfer.folds make ...)") from None
+    folds = {k: int(v) for k, v in data["folds"].items()}
+    if cases is not None:
+        missing = [c["case_id"] for c in cases if c["case_id"] not in folds]
+        if missing:
+            raise DatasetError(f"{path}: fold file does not cover {len(missing)} cases of the datalist "
+                               f"(e.g. '{missing[0]}'); regenerate it or fix the datalist")
+    return folds
+
+
+def lesion_volume_ml(label_path: str) -> float:
+    img = nib.load(label_path)
+    voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+    return float((np.asarray(img.dataobj) > 0).sum()) * voxel_ml
+
+
+def make_folds(cases: Sequence[dict], k: int, seed: int, stratify: str | None = None,
+               bins: Sequence[float] = (0, 25, 50, 100, 225)) -> dict[str, int]:
+    """``{case_id: fold}``, per patient: patients shuffled with ``seed`` and dealt round-robin — within
+    lesion-volume bins (mL) when ``stratify='volume'``, so every fold sees small and large lesions."""
+    patients: dict[str, list[dict]] = defaultdict(list)
+    for c in cases:
+        patients[c["patient_id"]].append(c)
+    if len(patients) < k:
+        raise ValueError(f"{len(patients)} patients cannot fill {k} folds")
+    if stratify not in (None, "none", "volume"):
+        raise ValueError(f"stratify must be volume or none, got '{stratify}'")
+    rng = np.random.default_rng(seed)
+    names = sorted(patients)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for p in names:
+        b = 0
+        if stratify == "volume":
+            vol = float(np.mean([lesion_volume_ml(c["label"]) for c in patients[p]]))
+            b = int(np.searchsorted(np.asarray(bins[1:-1], float), vol, side="left"))
+        groups[b].append(p)
+    fold_of_patient, offset = {}, 0
+    for b in sorted(groups):
+        members = [groups[b][i] for i in rng.permutation(len(groups[b]))]
+        for j, p in enumerate(members):
+            fold_of_patient[p] = (offset + j) % k
+        offset += len(members)  # continue the deal where the last bin stopped, to balance fold sizes
+    return {c["case_id"]: fold_of_patient[p] for p in names for c in patients[p]}
+
+
+def write_folds(path: str | Path, datalist: str | Path, folds: dict[str, int], k: int, seed: int,
+                stratify: str | None, cases: Sequence[dict]) -> None:
+    """The fold file: folds per case and per patient, how they were made, and the datalist's checksum."""
+    doc = {"k": k, "seed": seed, "stratify": stratify or "none", "datalist": str(datalist),
+           "datalist_sha256": hashlib.sha256(Path(datalist).read_bytes()).hexdigest(),
+           "patients": {c["patient_id"]: folds[c["case_id"]] for c in cases}, "folds": folds}
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class CheckBinaryLabeld(T.MapTransform):
+    """Fail on label values other than {0, 1}, naming the case."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for k in self.key_iterator(d):
+            values = torch.unique(torch.as_tensor(d[k]))
+            if not set(values.tolist()) <= {0.0, 1.0}:
+                raise DatasetError(f"case {d.get('case_id')}: label has values {values.tolist()[:6]}, expected {{0, 1}}")
+        return d
+
+
+def build_transforms(train: bool, window: tuple[float, float], spacing: Sequence[float] | None,
+                     roi: Sequence[int] | None, flip: float, elastic: float, spatial_dims: int = 3):
+    keys = ["image", "label"]
+    ts = [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys), CheckBinaryLabeld("label"),
+          T.Orientationd(keys, axcodes="RAS")]
+    if spacing:
+        ts.append(T.Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest")))
+    ts.append(T.ScaleIntensityRanged("image", a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True))
+    if train and roi:
+        ts += [T.SpatialPadd(keys, spatial_size=roi),
+               T.RandSpatialCropd(keys, roi_size=roi, random_size=False)]
+    if train and flip > 0:
+        ts += [T.RandFlipd(keys, prob=flip, spatial_axis=0)]
+    if train and elastic > 0:
+        ts += [T.Rand3DElasticd(keys, sigma_range=(5, 8), magnitude_range=(50, 100), prob=elastic,
+                                mode=("bilinear", "nearest"))]
+    ts.append(T.EnsureTyped(keys, dtype=torch.float32))
+    return T.Compose(ts)
+
+
+def _named(error: BaseException) -> BaseException:
+    """MONAI wraps transform errors in 'applying transform ...'; surface ours, which name the case."""
+    e: BaseException | None = error
+    while e is not None:
+        if isinstance(e, DatasetError):
+            return e
+        e = e.__cause__
+    return error
+
+
+class CaseDataset(CacheDataset):
+    """A CacheDataset whose errors name the case (ours) instead of the transform."""
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except RuntimeError as e:
+            raise _named(e) from None
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except RuntimeError as e:
+            raise _named(e) from None
+
+
+class VolumeDataModule(L.LightningDataModule):
+    """Train on every fold but ``fold``, test on ``fold`` (one case per batch, whole volume)."""
+
+    def __init__(self, datalist: str, folds_file: str, fold: int = 0, window: tuple[float, float] = (0.0, 140.0),
+                 spacing: Sequence[float] | None = None, roi: Sequence[int] | None = None, flip: float = 0.5,
+                 elastic: float = 0.0, batch_size: int = 2, num_workers: int = 0, cache_rate: float = 1.0,
+                 train_on: str = "other_folds"):
+        super().__init__()
+        if train_on not in ("other_folds", "all"):
+            raise ValueError(f"train_on must be other_folds or all, got '{train_on}'")
+        self.datalist, self.folds_file, self.fold = datalist, folds_file, fold
+        self.window, self.spacing, self.roi = tuple(window), spacing, roi
+        self.flip, self.elastic, self.train_on = flip, elastic, train_on
+        self.batch_size, self.num_workers, self.cache_rate = batch_size, num_workers, cache_rate
+        self._ready = False
+
+    @property
+    def num_folds(self) -> int:
+        return len(set(read_folds(self.folds_file).values()))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        cases = load_datalist(self.datalist)
+        for c in cases:
+            check_pair(c)
+        if self.train_on == "all":  # pre-training on a source set: no folds
+            train, test = cases, []
+        else:
+            folds = read_folds(self.folds_file, cases)
+            if self.fold not in set(folds.values()):
+                raise DatasetError(f"{self.folds_file}: no fold {self.fold} (folds {sorted(set(folds.values()))})")
+            for c in cases:
+                c["fold"] = folds[c["case_id"]]
+            train = [c for c in cases if c["fold"] != self.fold]
+            test = [c for c in cases if c["fold"] == self.fold]
+        kw = dict(window=self.window, spacing=self.spacing, roi=self.roi, flip=self.flip, elastic=self.elastic)
+        self.train_set = CaseDataset(train, build_transforms(True, **kw), cache_rate=self.cache_rate, progress=False)
+        self.test_set = CaseDataset(test, build_transforms(False, **kw), cache_rate=self.cache_rate, progress=False)
+        self.test_cases = test
+        self._ready = True
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+
+    def test_dataloader(self):
+        return DataLoader(self.test_set, batch_size=1, shuffle=False, num_workers=self.num_workers)

@@ -1,0 +1,230 @@
+"""One LightningModule for every transfer strategy of the SAH study.
+
+``strategy``: ``none`` (the pre-trained model as is), ``full`` (all weights), ``module`` (the weights of one
+module group), or an adapter kind (``lora_c``, ``convlora``, ``cp_lora``, ``dora_c``, ``convdora``, ``cp_dora``)
+on a group with rank ``rank``. ``norm_policy`` for the non-full strategies: ``frozen`` (BatchNorm statistics
+fixed), ``adabn`` (statistics re-estimated on the target, affine fixed) or ``affine`` (affine trained).
+Testing writes ``per_case.csv`` (one row per case, duplicates from distributed padding removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from monai.data.utils import affine_to_spacing
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject
+from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
+from transfer.models.unets import create_segmentation_net
+from transfer.records import atomic_write_text
+from transfer.weights import load_state_dict
+
+ADAPTER_KINDS = tuple(k for k in PAPER_NAMES if k not in ("lora", "dora"))
+STRATEGIES = ("none", "full", "module", *ADAPTER_KINDS)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """The study's loss: soft Dice of sigmoid probabilities over the whole batch taken as one image."""
+    p = torch.sigmoid(logits)
+    return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
+
+
+def load_plain_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights saved from the plain network into a network that may carry adapter wrappers."""
+    own = net.state_dict()
+    mapped = {}
+    for k, v in state.items():
+        k = k.removeprefix("net.")
+        if k not in own:
+            head, _, leaf = k.rpartition(".")
+            k = f"{head}.base.{leaf}" if head else k
+        if k not in own or own[k].shape != v.shape:
+            raise ValueError(f"{source}: tensor '{k}' does not fit this network; pre-trained with another architecture?")
+        mapped[k] = v
+    missing = [k for k in own if k not in mapped and ".base." not in k and not _is_adapter_key(k)]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} tensors of the network are missing (e.g. '{missing[0]}')")
+    net.load_state_dict(mapped, strict=False)
+
+
+def _is_adapter_key(k: str) -> bool:
+    return any(t in k for t in ("lora_A", "lora_B", "cp_out", "cp_in", "cp_spatial", "magnitude"))
+
+
+class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
+    architecture_keys = ("net", "strategy", "group", "rank")
+
+    def __init__(self, net: dict[str, Any], strategy: str = "full", group: str = "all", rank: int = 4,
+                 alpha: float | None = None, dora_axis: str = "out", norm_policy: str = "frozen",
+                 pretrained: str | None = None, loss: str = "softdice", lr: float = 1e-3, weight_decay: float = 0.0,
+                 threshold: float = 0.5, sw_roi: list[int] | None = None, sw_overlap: float = 0.25,
+                 volume_bins: list[float] = DEFAULT_BINS, target_name: str = "target",
+                 pretrain: dict[str, Any] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
+        if norm_policy not in ("frozen", "adabn", "affine"):
+            raise ValueError(f"norm_policy must be frozen, adabn or affine, got '{norm_policy}'")
+        if loss not in ("softdice", "dicece"):
+            raise ValueError(f"loss must be softdice or dicece, got '{loss}'")
+        self.net = create_segmentation_net(**net)
+        if pretrained:
+            load_plain_weights(self.net, load_state_dict(pretrained), pretrained)
+        self._apply_strategy()
+        self.dicece = DiceCELoss(sigmoid=True)
+        self.case_results: list = []
+
+    # -- what trains
+    def _groups(self) -> list[str] | str:
+        if self.hparams.group == "all":
+            return ".*"
+        groups = self.net.adapter_groups
+        if self.hparams.group not in groups:
+            raise ValueError(f"unknown module group '{self.hparams.group}'; use all or {', '.join(groups)}")
+        return [self.hparams.group]
+
+    def _apply_strategy(self) -> None:
+        hp = self.hparams
+        self.adapter_only_checkpoints = hp.strategy in ADAPTER_KINDS
+        if hp.strategy == "full":
+            return
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        if hp.strategy == "module":
+            target = self._groups()
+            for name, module in self.net.named_modules():
+                hit = (target == ".*") or any(name == g or name.startswith(g + ".")
+                                              for g in self.net.adapter_groups[target[0]])
+                if hit:
+                    for p in module.parameters():
+                        p.requires_grad_(True)
+        elif hp.strategy in ADAPTER_KINDS:
+            self.adapter_report = inject(self.net, AdapterConfig(kind=hp.strategy, rank=hp.rank, alpha=hp.alpha,
+                                                                 dora_axis=hp.dora_axis, target=self._groups()))
+        if hp.norm_policy == "affine":
+            for m in self.net.modules():
+                if isinstance(m, _BatchNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.hparams.strategy != "full" and self.hparams.norm_policy != "adabn":
+            for m in self.net.modules():  # frozen statistics: BatchNorm stays in eval mode
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # -- the toy's pre-training stage
+    def prepare(self, datamodule) -> None:
+        spec = self.hparams.pretrain
+        if not spec:
+            return
+        datalist = getattr(datamodule, "source_datalist", None) if spec.get("datalist", "source") == "source" else spec["datalist"]
+        key = json.dumps({"net": self.hparams.net, "spec": {k: v for k, v in spec.items() if k != "cache_dir"},
+                          "data": str(datalist)}, sort_keys=True)
+        path = Path(spec["cache_dir"]) / f"seg-pretrained-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
+        if not path.exists():
+            self._pretrain(datamodule, datalist, spec, path)
+        load_plain_weights(self.net, load_state_dict(path), str(path))
+
+    def _pretrain(self, datamodule, datalist, spec: dict, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        from datamodules.volumes import VolumeDataModule
+
+        L.seed_everything(spec.get("seed", 0), verbose=False)
+        stage = SegTransferModule(net=self.hparams.net, strategy="full", loss=self.hparams.loss, lr=spec.get("lr", 1e-3))
+        data = VolumeDataModule(str(datalist), folds_file="", train_on="all", batch_size=spec.get("batch_size", 4),
+                                window=datamodule.window, roi=datamodule.roi, flip=datamodule.flip)
+        trainer = L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+        trainer.fit(stage, datamodule=data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in stage.net.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
+    # -- steps
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.net(batch["image"])
+        target = batch["label"]
+        loss = soft_dice_loss(logits, target) if self.hparams.loss == "softdice" else self.dicece(logits, target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(target))
+        return loss
+
+    def _probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        roi = self.hparams.sw_roi
+        if roi:
+            logits = sliding_window_inference(image, roi, 1, self.net, overlap=self.hparams.sw_overlap, mode="gaussian")
+        else:
+            logits = self.net(image)
+        return torch.sigmoid(logits)
+
+    def on_test_epoch_start(self) -> None:
+        self.case_results = []
+
+    def test_step(self, batch, batch_idx):
+        prob = self._probabilities(batch["image"])
+        label = batch["label"]
+        for i in range(len(label)):
+            spacing = affine_to_spacing(label.affine[i] if label.affine.dim() == 3 else label.affine, r=3).tolist()
+            fold = batch.get("fold")
+            self.case_results.append(case_result(
+                str(batch["case_id"][i]), int(fold[i]) if fold is not None else None, prob[i, 0], label[i, 0],
+                spacing, self.hparams.threshold, self.hparams.volume_bins))
+
+    def on_test_epoch_end(self) -> None:
+        cases = self.case_results
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, cases)
+            cases = [c for part in gathered for c in part]
+        unique = {c.case_id: c for c in cases}  # the distributed sampler pads with repeated cases
+        self.case_results = sorted(unique.values(), key=lambda c: c.case_id)
+        if not self.case_results:
+            return
+        summary = summarize(self.case_results, self.hparams.volume_bins)
+        summary["trainable_params"] = self.trainable_parameters
+        name = self.hparams.target_name
+        for k, v in summary.items():
+            if v == v:  # NaN regression terms (fewer than 2 cases) are left out of the log
+                self.log(f"test/{name}/{k}", float(v), sync_dist=False)  # identical on every rank
+        if self.trainer.is_global_zero:
+            atomic_write_text(Path(self.trainer.default_root_dir) / "per_case.csv", cases_to_csv(self.case_results))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("strategy 'none' trains nothing: run it with train=false")
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -- checkpoints: adapters (+ re-estimated BatchNorm statistics) only, for adapter strategies
+    def partial_checkpoint_keys(self) -> set[str] | None:
+        if not self.adapter_only_checkpoints:
+            return None
+        keys = set(adapter_state_dict(self))
+        if self.hparams.norm_policy == "adabn":
+            keys |= {f"net.{n}.{b}" for n, m in self.net.named_modules() if isinstance(m, _BatchNorm)
+                     for b, _ in m.named_buffers()}
+        return keys
