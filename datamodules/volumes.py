@@ -3,7 +3,8 @@
 Datalist: ``{"training": [{"image": "imagesTr/x.nii.gz", "label": "labelsTr/x.nii.gz", "case_id": "x",
 "patient_id": "p1"}, ...]}`` (paths relative to the datalist's folder; ``case_id`` defaults to the image
 stem, ``patient_id`` to ``case_id``). Folds come from a fold file written by ``python -m transfer.folds
-make`` (never re-split here): fold ``i`` is the test set, the other folds are the training set.
+make`` or, without one, from the datalist's own ``fold`` keys (never re-split here): fold ``i`` is the test
+set, the other folds are the training set.
 """
 
 from __future__ import annotations
@@ -163,6 +164,15 @@ def build_transforms(train: bool, window: tuple[float, float], spacing: Sequence
     return T.Compose(ts)
 
 
+def _datalist_folds(datalist: str, cases: Sequence[dict]) -> dict[str, int]:
+    """Folds from the datalist's own ``fold`` keys (when no fold file is given)."""
+    missing = [c["case_id"] for c in cases if "fold" not in c]
+    if missing:
+        raise DatasetError(f"{datalist}: case '{missing[0]}' has no 'fold' key and no fold file was given "
+                           f"(python -m transfer.folds make ...)")
+    return {c["case_id"]: int(c["fold"]) for c in cases}
+
+
 def _named(error: BaseException) -> BaseException:
     """MONAI wraps transform errors in 'applying transform ...'; surface ours, which name the case."""
     e: BaseException | None = error
@@ -207,7 +217,8 @@ class VolumeDataModule(L.LightningDataModule):
 
     @property
     def num_folds(self) -> int:
-        return len(set(read_folds(self.folds_file).values()))
+        folds = read_folds(self.folds_file) if self.folds_file else _datalist_folds(self.datalist, load_datalist(self.datalist))
+        return len(set(folds.values()))
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
@@ -218,7 +229,7 @@ class VolumeDataModule(L.LightningDataModule):
         if self.train_on == "all":  # pre-training on a source set: no folds
             train, test = cases, []
         else:
-            folds = read_folds(self.folds_file, cases)
+            folds = read_folds(self.folds_file, cases) if self.folds_file else _datalist_folds(self.datalist, cases)
             if self.fold not in set(folds.values()):
                 raise DatasetError(f"{self.folds_file}: no fold {self.fold} (folds {sorted(set(folds.values()))})")
             for c in cases:

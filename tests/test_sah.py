@@ -251,3 +251,15 @@ def test_sah_toy_orderings(tmp_path):
         assert float(rows[method]["dice"]) > float(rows["none"]["dice"])
     for r in rows.values():
         assert float(r["dice 0-25 mL"]) < float(r["dice 50-100 mL"])
+
+
+def test_folds_from_the_datalist_fold_keys(tmp_path):
+    label = np.zeros((4, 4, 4))
+    label[1, 1, 1] = 1
+    entries = [{**_case(tmp_path, f"c{i}", label), "fold": i % 2} for i in range(4)]
+    dm = VolumeDataModule(str(_datalist(tmp_path, entries)), folds_file="", fold=1, flip=0.0)
+    dm.setup()
+    assert dm.num_folds == 2 and [c["case_id"] for c in dm.test_cases] == ["c1", "c3"]
+    del entries[0]["fold"]
+    with pytest.raises(DatasetError, match="case 'c0' has no 'fold' key"):
+        VolumeDataModule(str(_datalist(tmp_path, entries)), folds_file="", fold=0).setup()

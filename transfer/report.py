@@ -60,14 +60,15 @@ def build_report(roots: Sequence[str | Path], out: str | Path, bins: Sequence[fl
     for name, cases in methods.items():
         s = summarize(cases, bins)
         per_bin = [s.get(f"dice_bin_{bins[i]:g}_{bins[i + 1]:g}") for i in range(len(bins) - 1)]
-        rows.append([name, s["n"], params.get(name, ""), s["dice"], s["dice_sd"], *per_bin, s["hd95_mm"],
+        trainable = params.get(name)
+        rows.append([name, s["n"], "" if trainable is None else int(trainable), s["dice"], s["dice_sd"], *per_bin, s["hd95_mm"],
                      s["volume_slope"], s["volume_intercept"], s["volume_pearson_r"]])
     def fmt(v) -> str:
         if v is None or v == "":
             return "-"
         if isinstance(v, float):
-            return f"{int(v):,}" if v.is_integer() and v > 1 else f"{v:.3f}"
-        return str(v)
+            return f"{v:.3f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
 
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]

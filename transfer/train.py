@@ -111,8 +111,8 @@ def run(cfg: DictConfig) -> list[dict]:
 
 
 def run_folds(cfg: DictConfig) -> list[dict]:
-    """``fold=all``: every fold of the fold file in turn (same pre-trained start), then the pooled cases."""
-    if cfg.get("fold") != "all":
+    """``fold=all`` (or ``folds=all``): every fold in turn from the same pre-trained start, then the pooled cases."""
+    if cfg.get("fold") != "all" and cfg.get("folds") != "all":
         return run_one(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
