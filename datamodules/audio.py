@@ -1,0 +1,166 @@
+"""Spoofing-countermeasure audio: ASVspoof 2019 LA protocols, ASVspoof 2021 LA/DF keys, In-the-Wild
+``meta.csv`` and a generic CSV; soundfile I/O, resampling, fixed-length crop / repeat-pad.
+
+Every reader returns ``AudioItem(path, label, attack, utt)`` with label 1 = bona fide, 0 = spoof.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset
+
+from .domains import DatasetError
+
+BONAFIDE = {"bonafide", "bona-fide", "bona_fide", "genuine", "real", "1"}
+SPOOF = {"spoof", "fake", "0"}
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    path: Path
+    label: int
+    attack: str
+    utt: str
+
+
+def parse_label(text: str, where: str) -> int:
+    t = text.strip().lower()
+    if t in BONAFIDE:
+        return 1
+    if t in SPOOF:
+        return 0
+    raise DatasetError(f"{where}: unknown label '{text}' (expected bonafide / bona-fide or spoof)")
+
+
+def read_asvspoof2019(protocol: str | Path, audio_dir: str | Path, ext: str = ".flac") -> list[AudioItem]:
+    """``SPEAKER UTT ENV ATTACK KEY`` lines (ATTACK '-' for bona fide)."""
+    protocol, audio_dir = Path(protocol), Path(audio_dir)
+    items = []
+    for lineno, line in enumerate(_lines(protocol), 1):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) != 5:
+            raise DatasetError(f"{protocol}:{lineno}: expected 5 columns 'SPEAKER UTT ENV ATTACK KEY', got {len(cols)}")
+        label = parse_label(cols[4], f"{protocol}:{lineno}")
+        items.append(AudioItem(audio_dir / f"{cols[1]}{ext}", label, "bonafide" if label else cols[3], cols[1]))
+    return _nonempty(items, protocol)
+
+
+def read_asvspoof2021_keys(metadata: str | Path, audio_dir: str | Path, phase: str | None = "eval",
+                           ext: str = ".flac") -> list[AudioItem]:
+    """``keys/CM/trial_metadata.txt``: column 1 trial, 4 attack, 5 key, 7 phase (0-based)."""
+    metadata, audio_dir = Path(metadata), Path(audio_dir)
+    items = []
+    for lineno, line in enumerate(_lines(metadata), 1):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) < 8:
+            raise DatasetError(f"{metadata}:{lineno}: expected at least 8 columns (trial key at 1, key at 5, "
+                               f"phase at 7), got {len(cols)}")
+        if phase is not None and cols[7] != phase:
+            continue
+        label = parse_label(cols[5], f"{metadata}:{lineno}")
+        items.append(AudioItem(audio_dir / f"{cols[1]}{ext}", label, "bonafide" if label else cols[4], cols[1]))
+    return _nonempty(items, metadata)
+
+
+def read_in_the_wild(root: str | Path) -> list[AudioItem]:
+    """``root/meta.csv`` with columns file, speaker, label (``bona-fide`` | ``spoof``)."""
+    meta = Path(root) / "meta.csv"
+    items = []
+    with _open(meta) as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{meta}: expected a header with 'file' and 'label', got {reader.fieldnames}")
+        for lineno, row in enumerate(reader, 2):
+            label = parse_label(row["label"], f"{meta}:{lineno}")
+            items.append(AudioItem(Path(root) / row["file"], label, "bonafide" if label else "wild", Path(row["file"]).stem))
+    return _nonempty(items, meta)
+
+
+def read_csv_list(path: str | Path, root: str | Path | None = None) -> list[AudioItem]:
+    """Generic ``path,label[,attack]`` CSV (header optional); paths relative to ``root`` or the CSV's folder."""
+    path = Path(path)
+    root = Path(root) if root else path.parent
+    items = []
+    with _open(path) as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or (lineno == 1 and row[0].strip().lower() == "path"):
+                continue
+            if len(row) not in (2, 3):
+                raise DatasetError(f"{path}:{lineno}: expected 'path,label[,attack]', got {len(row)} columns")
+            label = parse_label(row[1], f"{path}:{lineno}")
+            attack = "bonafide" if label else (row[2].strip() if len(row) == 3 else "spoof")
+            items.append(AudioItem(root / row[0].strip(), label, attack, Path(row[0]).stem))
+    return _nonempty(items, path)
+
+
+def _open(path: Path):
+    try:
+        return open(path, newline="")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file does not exist") from None
+
+
+def _lines(path: Path) -> list[str]:
+    with _open(path) as f:
+        return f.read().splitlines()
+
+
+def _nonempty(items: list, path: Path) -> list:
+    if not items:
+        raise DatasetError(f"{path}: no trials")
+    return items
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
+    """Mono float waveform at ``sample_rate`` (resampled when the file differs); errors name the file."""
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: audio file does not exist") from None
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise DatasetError(f"{path}: unreadable audio ({e})") from None
+    if data.shape[0] == 0:
+        raise DatasetError(f"{path}: audio file is empty")
+    wav = torch.from_numpy(data.mean(1))
+    if sr != sample_rate:
+        import torchaudio.functional as AF
+
+        wav = AF.resample(wav, sr, sample_rate)
+    return wav
+
+
+def crop_or_repeat(wav: torch.Tensor, length: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Fixed length: a crop (random with ``rng``, else from the start) or the clip repeated until full."""
+    n = wav.shape[-1]
+    if n >= length:
+        start = int(rng.integers(0, n - length + 1)) if rng is not None else 0
+        return wav[start: start + length]
+    return wav.repeat((length + n - 1) // n)[:length]
+
+
+class AudioDataset(Dataset):
+    """(waveform [length], label, index) per trial; random crops when ``train``."""
+
+    def __init__(self, items: Sequence[AudioItem], length: int = 64600, sample_rate: int = 16000, train: bool = False,
+                 seed: int = 0):
+        self.items, self.length, self.sample_rate, self.train = list(items), length, sample_rate, train
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        wav = crop_or_repeat(load_audio(item.path, self.sample_rate), self.length, self.rng if self.train else None)
+        return wav, item.label, i
