@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .domains import DatasetError
 
@@ -149,13 +150,44 @@ def crop_or_repeat(wav: torch.Tensor, length: int, rng: np.random.Generator | No
     return wav.repeat((length + n - 1) // n)[:length]
 
 
+def rawboost(x: np.ndarray, algo: int, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """RawBoost-style data boosting (Tak et al. 2022), simplified: 1 linear/non-linear convolutive noise (random
+    band filters, squared and cubed terms), 2 impulsive signal-dependent noise on a few samples, 3 stationary
+    coloured additive noise at 10-40 dB SNR; 4 = 1+2+3, 5 = 1+2 (the LA recipe), 6 = 1+3, 7 = 2+3; 0 = off."""
+    steps = {0: (), 1: (1,), 2: (2,), 3: (3,), 4: (1, 2, 3), 5: (1, 2), 6: (1, 3), 7: (2, 3)}
+    if algo not in steps:
+        raise ValueError(f"rawboost algo must be 0-7, got {algo}")
+    y = x.astype(np.float64)
+    for step in steps[algo]:
+        if step == 1:
+            f = np.fft.rfftfreq(len(y), 1 / sr)
+            out = np.zeros_like(y)
+            for power in (1, 2, 3):
+                gain = np.zeros_like(f)
+                for _ in range(rng.integers(1, 4)):
+                    centre, width = rng.uniform(20, sr / 2 - 100), rng.uniform(100, 1000)
+                    gain += np.exp(-0.5 * ((f - centre) / width) ** 2) * rng.uniform(0.5, 1.0)
+                out += np.fft.irfft(np.fft.rfft(y ** power) * gain, len(y)) * (1.0 if power == 1 else 0.05)
+            y = out / (np.abs(out).max() + 1e-8) * (np.abs(y).max() + 1e-8)
+        elif step == 2:
+            idx = rng.choice(len(y), size=max(1, int(len(y) * rng.uniform(0.001, 0.1))), replace=False)
+            y[idx] += y[idx] * rng.uniform(-2, 2, len(idx))
+        elif step == 3:
+            noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(len(y))) *
+                                 rng.uniform(0.2, 1.0, len(y) // 2 + 1), len(y))
+            snr = rng.uniform(10, 40)
+            y = y + noise / (noise.std() + 1e-12) * y.std() * 10 ** (-snr / 20)
+    return y.astype(np.float32)
+
+
 class AudioDataset(Dataset):
-    """(waveform [length], label, index) per trial; random crops when ``train``."""
+    """(waveform [length], label, index) per trial; random crops (and RawBoost when asked) when ``train``."""
 
     def __init__(self, items: Sequence[AudioItem], length: int = 64600, sample_rate: int = 16000, train: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, rawboost_algo: int = 0):
         self.items, self.length, self.sample_rate, self.train = list(items), length, sample_rate, train
         self.rng = np.random.default_rng(seed)
+        self.rawboost_algo = rawboost_algo
 
     def __len__(self) -> int:
         return len(self.items)
@@ -163,4 +195,63 @@ class AudioDataset(Dataset):
     def __getitem__(self, i: int):
         item = self.items[i]
         wav = crop_or_repeat(load_audio(item.path, self.sample_rate), self.length, self.rng if self.train else None)
+        if self.train and self.rawboost_algo:
+            wav = torch.from_numpy(rawboost(wav.numpy(), self.rawboost_algo, self.rng, self.sample_rate))
         return wav, item.label, i
+
+
+def read_set(spec: dict) -> list[AudioItem]:
+    """One evaluation or training set from a config entry: ``{format: asvspoof2019 | asvspoof2021 |
+    in_the_wild | csv, ...}`` with the reader's arguments."""
+    spec = dict(spec)
+    fmt = spec.pop("format")
+    readers = {"asvspoof2019": read_asvspoof2019, "asvspoof2021": read_asvspoof2021_keys,
+               "in_the_wild": read_in_the_wild, "csv": read_csv_list}
+    if fmt not in readers:
+        raise DatasetError(f"unknown audio set format '{fmt}'; known: {', '.join(readers)}")
+    return readers[fmt](**spec)
+
+
+class SpoofDataModule(L.LightningDataModule):
+    """``train`` and ``dev`` sets (ASVspoof 2019 LA train/dev), named ``tests`` (in-domain and OOD sets)."""
+
+    def __init__(self, train: dict, dev: dict, tests: dict[str, dict], length: int = 64600, sample_rate: int = 16000,
+                 batch_size: int = 14, eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 rawboost_algo: int = 0):
+        super().__init__()
+        self.specs = {"train": train, "dev": dev}
+        self.test_specs = dict(tests)
+        self.length, self.sample_rate, self.seed, self.rawboost_algo = length, sample_rate, seed, rawboost_algo
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or batch_size, num_workers
+        self._ready = False
+
+    @property
+    def test_names(self) -> list[str]:
+        return list(self.test_specs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        kw = dict(length=self.length, sample_rate=self.sample_rate)
+        self.train_set = AudioDataset(read_set(self.specs["train"]), train=True, seed=self.seed,
+                                      rawboost_algo=self.rawboost_algo, **kw)
+        self.dev_set = AudioDataset(read_set(self.specs["dev"]), **kw)
+        self.test_sets = {k: AudioDataset(read_set(v), **kw) for k, v in self.test_specs.items()}
+        self._ready = True
+
+    def class_counts(self) -> list[int]:
+        labels = [it.label for it in self.train_set.items]
+        return [labels.count(0), labels.count(1)]
+
+    def _loader(self, ds, shuffle: bool, bs: int) -> DataLoader:
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self):
+        return self._loader(self.dev_set, False, self.eval_batch_size)
+
+    def test_dataloader(self):
+        return [self._loader(ds, False, self.eval_batch_size) for ds in self.test_sets.values()]

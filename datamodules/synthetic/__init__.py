@@ -3,6 +3,7 @@
 from .domains import SyntheticDomainDataModule, generate_domains
 from .hematoma import SyntheticHematomaDataModule, generate_hematoma
 from .rgbir import SyntheticRGBIRDataModule, generate_rgbir
+from .spoof import SyntheticSpoofDataModule, generate_spoof
 
-__all__ = ["SyntheticDomainDataModule", "SyntheticHematomaDataModule", "SyntheticRGBIRDataModule", "generate_domains",
-           "generate_hematoma", "generate_rgbir"]
+__all__ = ["SyntheticDomainDataModule", "SyntheticHematomaDataModule", "SyntheticRGBIRDataModule", "SyntheticSpoofDataModule", "generate_domains",
+           "generate_hematoma", "generate_rgbir", "generate_spoof"]

@@ -103,3 +103,27 @@ def load_adapters(model: nn.Module, folder: str | Path, inject_missing: bool = T
     if meta.get("config"):
         mark_trainable(model, AdapterConfig(**meta["config"]))
     return model
+
+
+_ADAPTER_TENSORS = ("lora_A", "lora_B", "cp_out", "cp_in", "cp_spatial", "magnitude", "moe_router")
+
+
+def load_base_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict",
+                      prefix: str = "") -> None:
+    """Load weights saved from the plain (un-adapted) model into a model that may carry adapter wrappers:
+    ``x.weight`` goes to ``x.base.weight`` where ``x`` was wrapped. Adapter tensors keep their values."""
+    own = model.state_dict()
+    mapped = {}
+    for k, v in state.items():
+        k = prefix + k.removeprefix("net.") if prefix else k.removeprefix("net.")
+        if k not in own:
+            head, _, leaf = k.rpartition(".")
+            k = f"{head}.base.{leaf}" if head else k
+        if k not in own or own[k].shape != v.shape:
+            raise AdapterCheckpointError(f"{source}: tensor '{k}' does not fit this model; saved from another architecture?")
+        mapped[k] = v
+    missing = [k for k in own if k not in mapped and not any(t in k for t in _ADAPTER_TENSORS)
+               and not k.endswith("num_batches_tracked") and k.startswith(prefix)]
+    if missing:
+        raise AdapterCheckpointError(f"{source}: {len(missing)} tensors of the model are missing (e.g. '{missing[0]}')")
+    model.load_state_dict(mapped, strict=False)

@@ -23,7 +23,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject
+from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject, load_base_weights
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
 from transfer.models.unets import create_segmentation_net
@@ -38,29 +38,6 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     """The study's loss: soft Dice of sigmoid probabilities over the whole batch taken as one image."""
     p = torch.sigmoid(logits)
     return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
-
-
-def load_plain_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights saved from the plain network into a network that may carry adapter wrappers."""
-    own = net.state_dict()
-    mapped = {}
-    for k, v in state.items():
-        k = k.removeprefix("net.")
-        if k not in own:
-            head, _, leaf = k.rpartition(".")
-            k = f"{head}.base.{leaf}" if head else k
-        if k not in own or own[k].shape != v.shape:
-            raise ValueError(f"{source}: tensor '{k}' does not fit this network; pre-trained with another architecture?")
-        mapped[k] = v
-    missing = [k for k in own if k not in mapped and ".base." not in k and not _is_adapter_key(k)]
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing:
-        raise ValueError(f"{source}: {len(missing)} tensors of the network are missing (e.g. '{missing[0]}')")
-    net.load_state_dict(mapped, strict=False)
-
-
-def _is_adapter_key(k: str) -> bool:
-    return any(t in k for t in ("lora_A", "lora_B", "cp_out", "cp_in", "cp_spatial", "magnitude"))
 
 
 class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
@@ -82,7 +59,7 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
             raise ValueError(f"loss must be softdice or dicece, got '{loss}'")
         self.net = create_segmentation_net(**net)
         if pretrained:
-            load_plain_weights(self.net, load_state_dict(pretrained), pretrained)
+            load_base_weights(self.net, load_state_dict(pretrained), pretrained)
         self._apply_strategy()
         self.dicece = DiceCELoss(sigmoid=True)
         self.case_results: list = []
@@ -143,7 +120,7 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
         path = Path(spec["cache_dir"]) / f"seg-pretrained-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
         if not path.exists():
             self._pretrain(datamodule, datalist, spec, path)
-        load_plain_weights(self.net, load_state_dict(path), str(path))
+        load_base_weights(self.net, load_state_dict(path), str(path))
 
     def _pretrain(self, datamodule, datalist, spec: dict, path: Path) -> None:
         from safetensors.torch import save_file

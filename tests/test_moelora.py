@@ -1,0 +1,104 @@
+"""MoE-LoRA deepfake method through the real entry point: score files, per-attack and OOD EER, expert usage,
+adapter-only checkpoints, DDP, RawBoost."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.audio import rawboost
+from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.methods.moelora import SpoofModule
+from transfer.records import read_jsonl
+from transfer.train import run
+
+TINY = ["experiment=moelora_toy", "variants=null", "data.n_train=12", "data.n_dev=4", "data.n_eval=6",
+        "data.n_ood=8", "data.batch_size=8", "model.pretext.clips=16", "model.pretext.steps=2",
+        "trainer.max_steps=3", "callbacks=plain"]
+
+
+@pytest.fixture(scope="module")
+def moe_run(tmp_path_factory):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    out = tmp_path_factory.mktemp("moe")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, "model.moe.top_k=2"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out / "run")
+        cfg.hydra.job.num = 0
+        cfg.paths.cache_dir = str(out / "cache")
+    HydraConfig.instance().set_config(cfg)
+    (out / "run").mkdir()
+    rows = run(cfg)
+    GlobalHydra.instance().clear()
+    return out, rows
+
+
+def test_moe_run_writes_eer_rows_scores_and_usage(moe_run):
+    out, rows = moe_run
+    run_dir = out / "run"
+    test = {r["target"]: r["metrics"] for r in rows if r["split"] == "test"}
+    assert set(test) == {"eval", "ood_attacks", "wild", "ood_mean"}
+    assert {"eer", "eer_A1", "eer_A2", "eer_A3"} <= set(test["eval"]) and "eer_A5" in test["ood_attacks"]
+    assert test["ood_mean"]["eer"] == pytest.approx((test["ood_attacks"]["eer"] + test["wild"]["eer"]) / 2)
+    lines = (run_dir / "scores_eval.txt").read_text().splitlines()
+    assert len(lines) == 6 + 3 * 6 and all(len(line.split()) == 2 for line in lines)  # every trial once
+    usage = json.loads((run_dir / "expert_usage.json").read_text())
+    assert set(usage) == {"eval", "ood_attacks", "wild"} and all(abs(sum(v) - 1) < 1e-6 for v in usage.values())
+    assert (run_dir / "expert_usage.png").exists() and (run_dir / "det.png").exists()
+    assert read_jsonl(run_dir / "results.jsonl")[0]["method"] == "moelora"
+
+
+def test_moe_checkpoint_holds_only_adapters_and_head_and_refuses_another_backbone(moe_run):
+    out, _ = moe_run
+    ckpt = torch.load(out / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    keys = set(ckpt["state_dict"])
+    assert keys and all(("lora_" in k) or ("moe_router" in k) or k.startswith("net.head.") for k in keys)
+    other = SpoofModule(backbone="tiny", mode="lora", lora_rank=8)
+    with pytest.raises(IncompatibleCheckpointError, match="different model.*mode='moe'"):
+        other.on_load_checkpoint(ckpt)
+
+
+def test_modes_train_what_they_should():
+    for mode, allowed in (("head", ("net.head.",)), ("lora", ("lora_", "net.head.")),
+                          ("moe", ("lora_", "moe_router", "net.head."))):
+        m = SpoofModule(backbone="tiny", mode=mode)
+        names = [n for n, p in m.named_parameters() if p.requires_grad]
+        assert names and all(any(a in n for a in allowed) for n in names), mode
+    full = SpoofModule(backbone="tiny", mode="full")
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_rawboost_is_seeded_and_changes_the_signal():
+    x = np.sin(np.linspace(0, 200, 4000)).astype(np.float32)
+    assert np.array_equal(rawboost(x, 0, np.random.default_rng(0), 8000), x)
+    for algo in (1, 2, 3, 5):
+        a = rawboost(x, algo, np.random.default_rng(1), 8000)
+        b = rawboost(x, algo, np.random.default_rng(1), 8000)
+        assert a.shape == x.shape and np.array_equal(a, b) and not np.allclose(a, x)
+    with pytest.raises(ValueError, match="algo must be 0-7"):
+        rawboost(x, 9, np.random.default_rng(0), 8000)
+
+
+def test_ddp_scores_each_trial_once(tmp_path):
+    """2 gloo processes (MoE with top-2 routing); the padded distributed sampler must not duplicate trials."""
+    res = subprocess.run([sys.executable, "-m", "transfer.train", *TINY, "model.moe.top_k=2", "trainer=ddp",
+                          "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.use_distributed_sampler=true",
+                          "trainer.strategy=ddp_find_unused_parameters_true",
+                          f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    utts = [line.split()[0] for line in (tmp_path / "ddp" / "scores_wild.txt").read_text().splitlines()]
+    assert len(utts) == len(set(utts)) == 8 + 6 * 2
+    rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
+    assert {r["target"] for r in rows if r["split"] == "test"} == {"eval", "ood_attacks", "wild", "ood_mean"}

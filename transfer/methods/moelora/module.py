@@ -1,0 +1,210 @@
+"""Spoofing countermeasure on wav2vec2: ``mode`` full (all weights), head (frozen backbone), lora (one LoRA on
+the attention projections) or moe (MoE-LoRA: E experts + a router per attention block).
+
+Scores are log P(bona fide). Testing gives, per named set, the EER, the EER per attack, an ASVspoof score
+file (``scores_<set>.txt``) and the experts' top-1 usage (``expert_usage.json`` + PNG); ``ood_mean`` is the
+unweighted mean EER over every test set but ``in_domain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from transfer.adapters import (AdapterConfig, MoELoRAConfig, adapter_state_dict, inject, inject_moe_lora,
+                               load_balancing_loss, load_base_weights, router_z_loss, routers_of)
+from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
+from transfer.models.wav2vec2 import SpoofClassifier
+from transfer.records import atomic_write_text
+from transfer.weights import load_state_dict
+
+MODES = ("full", "head", "lora", "moe")
+
+
+class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
+    architecture_keys = ("backbone", "mode")
+
+    def __init__(self, backbone: str = "tiny", weights: str | None = None, mode: str = "moe", lora_rank: int = 8,
+                 moe: dict[str, Any] | None = None, targets: list[str] | None = None, lambda_aux: float = 0.01,
+                 z_loss: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 class_weights: list[float] | None = None, in_domain: str = "eval", pretext: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+        self.net = SpoofClassifier(backbone, weights)
+        targets = targets or ["q_proj", "k_proj", "v_proj", "out_proj"]
+        self.adapter_only_checkpoints = mode in ("lora", "moe", "head")
+        if mode == "head":
+            for p in self.net.backbone.parameters():
+                p.requires_grad_(False)
+        elif mode == "lora":
+            inject(self.net.backbone, AdapterConfig(kind="lora", rank=lora_rank, target=targets))
+        elif mode == "moe":
+            inject_moe_lora(self.net.backbone, MoELoRAConfig(**{**(moe or {}), "targets": targets}))
+        for p in self.net.head.parameters():
+            p.requires_grad_(True)
+        self._scores: dict[int, list] = defaultdict(list)
+        self._usage: dict[int, torch.Tensor] = {}
+
+    # -- the toy's self-supervised pretext stage (cached): degradation classification on bona fide clips
+    def prepare(self, datamodule) -> None:
+        spec = self.hparams.pretext
+        if not spec:
+            return
+        key = json.dumps({"backbone": self.hparams.backbone, "spec": {k: v for k, v in spec.items() if k != "cache_dir"}},
+                         sort_keys=True)
+        path = Path(spec["cache_dir"]) / f"wav2vec2-pretext-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
+        if not path.exists():
+            self._pretext(spec, path, datamodule.sample_rate, datamodule.length)
+        load_base_weights(self.net.backbone, load_state_dict(path), str(path))
+
+    def _pretext(self, spec: dict, path: Path, sr: int, length: int) -> None:
+        from safetensors.torch import save_file
+
+        from datamodules.synthetic.spoof import PRETEXT, pretext_set
+
+        L.seed_everything(spec.get("seed", 0), verbose=False)
+        x, y = pretext_set(spec["clips"], sr, length / sr, spec.get("seed", 0))
+        model = SpoofClassifier(self.hparams.backbone)
+        model.head[-1] = torch.nn.Linear(model.head[-1].in_features, len(PRETEXT))
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+                                           batch_size=spec.get("batch_size", 32), shuffle=True)
+        stage = _Pretext(model, spec.get("lr", 1e-3))
+        L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+                  enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False).fit(stage, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
+    # -- training
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.net(wav)
+
+    def training_step(self, batch, batch_idx):
+        wav, label, _ = batch
+        weights = torch.tensor(self.hparams.class_weights or [1.0, 1.0], device=wav.device)
+        loss = F.cross_entropy(self(wav), label, weight=weights)
+        self.log("train/ce", loss, batch_size=len(label))
+        if self.hparams.mode == "moe":
+            routers = routers_of(self.net)
+            aux = load_balancing_loss(routers)
+            loss = loss + self.hparams.lambda_aux * aux + (self.hparams.z_loss * router_z_loss(routers) if self.hparams.z_loss else 0)
+            self.log("train/balance", aux, batch_size=len(label))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(label))
+        return loss
+
+    def _collect(self, batch, idx: int) -> None:
+        wav, label, index = batch
+        score = self(wav).log_softmax(-1)[:, 1]
+        self._scores[idx] += list(zip(index.tolist(), score.tolist(), label.tolist()))
+        if self.hparams.mode == "moe":
+            counts = sum(torch.bincount(r.logits.argmax(-1).flatten(), minlength=r.num_experts).float()
+                         for r in routers_of(self.net))
+            self._usage[idx] = self._usage.get(idx, 0) + counts.cpu()
+
+    def _gathered(self) -> dict[int, list]:
+        scores = dict(self._scores)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, scores)
+            scores = defaultdict(list)
+            for part in parts:
+                for k, v in part.items():
+                    scores[k] += v
+        # the distributed sampler pads with repeated trials: keep one score per trial index
+        return {k: sorted(dict((i, (s, y)) for i, s, y in v).items()) for k, v in scores.items()}
+
+    def on_validation_epoch_start(self) -> None:
+        self._scores = defaultdict(list)
+
+    def validation_step(self, batch, batch_idx):
+        self._collect(batch, 0)
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self._gathered().get(0, [])
+        if rows:
+            s = np.array([r[1][0] for r in rows])
+            y = np.array([r[1][1] for r in rows])
+            self.log("val/eer", compute_eer(s[y == 1], s[y == 0])[0], prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._scores, self._usage = defaultdict(list), {}
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._collect(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
+        names, eers, curves = dm.test_names, {}, {}
+        out_dir = Path(self.trainer.default_root_dir)
+        for idx, rows in self._gathered().items():
+            name, ds = names[idx], dm.test_sets[names[idx]]
+            s = np.array([r[1][0] for r in rows])
+            y = np.array([r[1][1] for r in rows])
+            attacks = [ds.items[r[0]].attack for r in rows]
+            report = eer_report(s, y, attacks)
+            eers[name] = report["eer"]
+            for k, v in report.items():
+                self.log(f"test/{name}/{k}", v)
+            curves[name] = (s[y == 1], s[y == 0])
+            if self.trainer.is_global_zero:
+                write_score_file(out_dir / f"scores_{name}.txt", [ds.items[r[0]].utt for r in rows], s)
+        if curves and self.trainer.is_global_zero:
+            plot_det(curves, out_dir / "det.png")
+        if len(eers) > 1 and self.hparams.in_domain in eers:
+            self.log("test/ood_mean/eer", float(np.mean([v for k, v in eers.items() if k != self.hparams.in_domain])))
+        if self._usage and self.trainer.is_global_zero:
+            usage = {names[i]: (u / u.sum()).tolist() for i, u in sorted(self._usage.items())}
+            atomic_write_text(out_dir / "expert_usage.json", json.dumps(usage, indent=1))
+            _plot_usage(usage, out_dir / "expert_usage.png")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def partial_checkpoint_keys(self) -> set[str] | None:
+        return set(adapter_state_dict(self)) if self.adapter_only_checkpoints else None
+
+
+class _Pretext(L.LightningModule):
+    def __init__(self, model, lr: float):
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+
+def _plot_usage(usage: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    n = len(next(iter(usage.values())))
+    width = 0.8 / len(usage)
+    for j, (name, shares) in enumerate(usage.items()):
+        ax.bar([e + (j - (len(usage) - 1) / 2) * width for e in range(n)], shares, width, label=name)
+    ax.set_xticks(range(n), [f"expert {e}" for e in range(n)])
+    ax.set_ylabel("share of tokens (top-1)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

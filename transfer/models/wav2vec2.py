@@ -1,0 +1,70 @@
+"""wav2vec2 backbones from torchaudio's builders, with a pooled 2-way head for spoofing countermeasures.
+
+Names: ``tiny`` (toys/tests, ~0.2 M parameters), ``base``, ``xlsr_300m``, ``xlsr_1b`` (the XLS-R shapes).
+Real weights come from a local file in torchaudio's state-dict layout (what ``torchaudio.pipelines``
+models save), resolved through ``weights/``; fairseq or Hugging Face checkpoints are converted once with
+torchaudio's ``import_fairseq_model`` / ``import_huggingface_model`` and saved in that layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchaudio.models import wav2vec2_model
+
+from transfer.weights import load_state_dict, resolve
+
+_LARGE_EXTRACTOR = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+CONFIGS = {
+    "tiny": dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 2, 2)],
+                 extractor_conv_bias=False, encoder_embed_dim=64, encoder_projection_dropout=0.0,
+                 encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=4, encoder_num_heads=4,
+                 encoder_attention_dropout=0.0, encoder_ff_interm_features=128, encoder_ff_interm_dropout=0.0,
+                 encoder_dropout=0.0, encoder_layer_norm_first=True, encoder_layer_drop=0.0),
+    "base": dict(extractor_mode="group_norm", extractor_conv_layer_config=_LARGE_EXTRACTOR, extractor_conv_bias=False,
+                 encoder_embed_dim=768, encoder_projection_dropout=0.1, encoder_pos_conv_kernel=128,
+                 encoder_pos_conv_groups=16, encoder_num_layers=12, encoder_num_heads=12, encoder_attention_dropout=0.1,
+                 encoder_ff_interm_features=3072, encoder_ff_interm_dropout=0.0, encoder_dropout=0.1,
+                 encoder_layer_norm_first=False, encoder_layer_drop=0.05),
+    "xlsr_300m": dict(extractor_mode="layer_norm", extractor_conv_layer_config=_LARGE_EXTRACTOR, extractor_conv_bias=True,
+                      encoder_embed_dim=1024, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=128,
+                      encoder_pos_conv_groups=16, encoder_num_layers=24, encoder_num_heads=16,
+                      encoder_attention_dropout=0.0, encoder_ff_interm_features=4096, encoder_ff_interm_dropout=0.0,
+                      encoder_dropout=0.0, encoder_layer_norm_first=True, encoder_layer_drop=0.0),
+    "xlsr_1b": dict(extractor_mode="layer_norm", extractor_conv_layer_config=_LARGE_EXTRACTOR, extractor_conv_bias=True,
+                    encoder_embed_dim=1280, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=128,
+                    encoder_pos_conv_groups=16, encoder_num_layers=48, encoder_num_heads=16,
+                    encoder_attention_dropout=0.0, encoder_ff_interm_features=5120, encoder_ff_interm_dropout=0.0,
+                    encoder_dropout=0.0, encoder_layer_norm_first=True, encoder_layer_drop=0.0),
+}
+
+
+def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown wav2vec2 '{name}'; known: {', '.join(CONFIGS)}")
+    model = wav2vec2_model(**CONFIGS[name], aux_num_out=None)
+    if weights:
+        path = resolve(weights)
+        state = load_state_dict(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path} is not a torchaudio wav2vec2 '{name}' state dict: {len(missing)} missing, "
+                             f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})")
+    return model
+
+
+class SpoofClassifier(nn.Module):
+    """wav2vec2 -> mean + max pooling over time -> MLP -> logits (class 1 = bona fide)."""
+
+    def __init__(self, backbone: str = "tiny", weights: str | None = None, hidden: int = 64):
+        super().__init__()
+        self.backbone = create_wav2vec2(backbone, weights)
+        d = CONFIGS[backbone]["encoder_embed_dim"]
+        self.head = nn.Sequential(nn.Linear(2 * d, hidden), nn.GELU(), nn.Linear(hidden, 2))
+
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        x, _ = self.backbone(wav)
+        return torch.cat([x.mean(1), x.amax(1)], -1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(wav))
