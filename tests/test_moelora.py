@@ -102,3 +102,24 @@ def test_ddp_scores_each_trial_once(tmp_path):
     assert len(utts) == len(set(utts)) == 8 + 6 * 2
     rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
     assert {r["target"] for r in rows if r["split"] == "test"} == {"eval", "ood_attacks", "wild", "ood_mean"}
+
+
+def test_huggingface_layout_weights_load_into_the_torchaudio_backbone(tmp_path):
+    from safetensors.torch import save_file
+
+    from transfer.models.wav2vec2 import create_wav2vec2
+
+    src = create_wav2vec2("tiny")
+    hf = {}
+    for k, v in src.state_dict().items():  # the names Hugging Face's Wav2Vec2Model uses for the same tensors
+        k = k.replace("encoder.transformer.", "encoder.").replace("encoder.feature_projection.", "feature_projection.")
+        # older checkpoints name the positional conv's weight norm weight_g / weight_v
+        k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        hf["wav2vec2." + k] = v.clone()
+    hf["wav2vec2.masked_spec_embed"] = torch.zeros(64)
+    save_file(hf, str(tmp_path / "hf.safetensors"))
+    loaded = create_wav2vec2("tiny", str(tmp_path / "hf.safetensors"))
+    x = torch.randn(1, 4000)
+    assert torch.allclose(loaded(x)[0], src(x)[0])
+    with pytest.raises(ValueError, match="not a torchaudio wav2vec2 'base' state dict"):
+        create_wav2vec2("base", str(tmp_path / "hf.safetensors"))

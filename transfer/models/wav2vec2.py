@@ -1,9 +1,11 @@
 """wav2vec2 backbones from torchaudio's builders, with a pooled 2-way head for spoofing countermeasures.
 
 Names: ``tiny`` (toys/tests, ~0.2 M parameters), ``base``, ``xlsr_300m``, ``xlsr_1b`` (the XLS-R shapes).
-Real weights come from a local file in torchaudio's state-dict layout (what ``torchaudio.pipelines``
-models save), resolved through ``weights/``; fairseq or Hugging Face checkpoints are converted once with
-torchaudio's ``import_fairseq_model`` / ``import_huggingface_model`` and saved in that layout.
+Real weights come from a local file resolved through ``weights/``: a torchaudio-layout state dict (what
+``torchaudio.pipelines`` models save) or a Hugging Face ``Wav2Vec2Model`` / ``Wav2Vec2ForCTC`` state dict
+(``model.safetensors``), renamed the way torchaudio's ``import_huggingface_model`` maps the modules. fairseq
+checkpoints are pickles that cannot be loaded safely: convert them once with torchaudio's
+``import_fairseq_model`` and save the state dict.
 """
 
 from __future__ import annotations
@@ -39,6 +41,40 @@ CONFIGS = {
 }
 
 
+_HF_DROP = ("masked_spec_embed", "quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features")
+
+
+def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face wav2vec2 keys -> torchaudio keys (feature_projection -> encoder.feature_projection,
+    encoder -> encoder.transformer)."""
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("wav2vec2.")
+        if k.startswith(_HF_DROP):
+            continue
+        if k.startswith("feature_projection."):
+            k = "encoder." + k
+        elif k.startswith("encoder."):
+            k = "encoder.transformer." + k.removeprefix("encoder.")
+        out[k] = v
+    return out
+
+
+_WN = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
+
+
+def _weight_norm_names(state: dict, own: dict) -> dict:
+    """The positional convolution's weight norm is saved as weight_g/weight_v (old torch.nn.utils.weight_norm)
+    or as parametrizations (new); rename to whichever this torch builds."""
+    new_style = any("parametrizations.weight.original0" in k for k in own)
+    out = {}
+    for k, v in state.items():
+        for old, new in _WN:
+            k = k.replace(old, new) if new_style and k.endswith(old) else (k.replace(new, old) if not new_style else k)
+        out[k] = v
+    return out
+
+
 def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module:
     if name not in CONFIGS:
         raise ValueError(f"unknown wav2vec2 '{name}'; known: {', '.join(CONFIGS)}")
@@ -46,10 +82,18 @@ def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module
     if weights:
         path = resolve(weights)
         state = load_state_dict(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        if any(k.startswith(("wav2vec2.", "feature_projection.")) or ".parametrizations." in k for k in state):
+            state = from_huggingface(state)
+        own = model.state_dict()
+        state = _weight_norm_names(state, own)
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or shapes:
             raise ValueError(f"{path} is not a torchaudio wav2vec2 '{name}' state dict: {len(missing)} missing, "
-                             f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})")
+                             f"{len(unexpected)} unexpected, {len(shapes)} of another shape "
+                             f"(e.g. {(shapes or missing or unexpected)[0]})")
+        model.load_state_dict(state)
     return model
 
 
