@@ -6,11 +6,7 @@ only the appearance mapping differs, which is what a domain shift is.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..domains import DomainDataModule
+from ._cache import build_once, cache_key
 
 SHAPES = ("circle", "square", "triangle", "cross", "star")
 STYLES = ("photo", "sketch", "painting", "infrared")
@@ -101,22 +98,15 @@ def generate_domains(root: str | Path, domains: Sequence[str] = STYLES, classes:
     root = Path(root)
     if (root / "meta.json").exists():
         return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for di, domain in enumerate(domains):
-        for ci, cls in enumerate(classes):
-            folder = tmp / domain / cls
-            folder.mkdir(parents=True)
-            rng = np.random.default_rng([seed, di, ci])
-            for i in range(per_class):
-                render(cls, domain, size, rng).save(folder / f"{i:04d}.png")
     meta = dict(domains=list(domains), classes=list(classes), per_class=per_class, size=size, seed=seed)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with build_once(root, meta) as tmp:
+        for di, domain in enumerate(domains):
+            for ci, cls in enumerate(classes):
+                folder = tmp / domain / cls
+                folder.mkdir(parents=True)
+                rng = np.random.default_rng([seed, di, ci])
+                for i in range(per_class):
+                    render(cls, domain, size, rng).save(folder / f"{i:04d}.png")
     return root
 
 
@@ -126,9 +116,8 @@ class SyntheticDomainDataModule(DomainDataModule):
     def __init__(self, cache_dir: str, domains: Sequence[str] = STYLES, classes: Sequence[str] = SHAPES,
                  per_class: int = 40, size: int = 32, seed: int = 0, **kwargs):
         self.gen_kwargs = dict(domains=list(domains), classes=list(classes), per_class=per_class, size=size, seed=seed)
-        key = hashlib.sha1(json.dumps(self.gen_kwargs, sort_keys=True).encode()).hexdigest()[:10]
         kwargs.setdefault("image_size", size)
-        super().__init__(root=str(Path(cache_dir) / f"synthetic_domains-{key}"), dataset="custom",
+        super().__init__(root=str(Path(cache_dir) / f"synthetic_domains-{cache_key(self.gen_kwargs)}"), dataset="custom",
                          classes=classes, **kwargs)
 
     def prepare_data(self) -> None:

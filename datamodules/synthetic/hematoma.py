@@ -10,16 +10,14 @@ scans, so folds must be made per patient.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from ..volumes import VolumeDataModule, load_datalist, make_folds, write_folds
+from ._cache import build_once, cache_key
 
 
 def _grid(size: int) -> np.ndarray:
@@ -79,31 +77,24 @@ def generate_hematoma(root: str | Path, n_source: int = 40, n_target: int = 18, 
     root = Path(root)
     if (root / "meta.json").exists():
         return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     affine = np.diag([spacing, spacing, spacing, 1.0])
-    for kind, n, offset in (("source", n_source, 0), ("target", n_target, 1)):
-        (tmp / kind / "images").mkdir(parents=True)
-        (tmp / kind / "labels").mkdir(parents=True)
-        rng = np.random.default_rng([seed, offset])
-        entries = []
-        n_patients = n - (repeat_patients if kind == "target" else 0)
-        for i in range(n):
-            case = f"{kind}_{i:03d}"
-            patient = f"{kind}_p{(i if i < n_patients else i - n_patients):03d}"
-            image, mask = head_volume(rng, size, kind)
-            nib.save(nib.Nifti1Image(image, affine), tmp / kind / "images" / f"{case}.nii.gz")
-            nib.save(nib.Nifti1Image(mask, affine), tmp / kind / "labels" / f"{case}.nii.gz")
-            entries.append({"image": f"{kind}/images/{case}.nii.gz", "label": f"{kind}/labels/{case}.nii.gz",
-                            "case_id": case, "patient_id": patient})
-        (tmp / f"datalist_{kind}.json").write_text(json.dumps({"training": entries}, indent=1))
     meta = dict(n_source=n_source, n_target=n_target, size=size, spacing=spacing, seed=seed)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with build_once(root, meta) as tmp:
+        for kind, n, offset in (("source", n_source, 0), ("target", n_target, 1)):
+            (tmp / kind / "images").mkdir(parents=True)
+            (tmp / kind / "labels").mkdir(parents=True)
+            rng = np.random.default_rng([seed, offset])
+            entries = []
+            n_patients = n - (repeat_patients if kind == "target" else 0)
+            for i in range(n):
+                case = f"{kind}_{i:03d}"
+                patient = f"{kind}_p{(i if i < n_patients else i - n_patients):03d}"
+                image, mask = head_volume(rng, size, kind)
+                nib.save(nib.Nifti1Image(image, affine), tmp / kind / "images" / f"{case}.nii.gz")
+                nib.save(nib.Nifti1Image(mask, affine), tmp / kind / "labels" / f"{case}.nii.gz")
+                entries.append({"image": f"{kind}/images/{case}.nii.gz", "label": f"{kind}/labels/{case}.nii.gz",
+                                "case_id": case, "patient_id": patient})
+            (tmp / f"datalist_{kind}.json").write_text(json.dumps({"training": entries}, indent=1))
     return root
 
 
@@ -113,8 +104,7 @@ class SyntheticHematomaDataModule(VolumeDataModule):
     def __init__(self, cache_dir: str, n_source: int = 40, n_target: int = 18, size: int = 24, spacing: float = 5.0,
                  gen_seed: int = 0, k: int = 3, fold_seed: int = 0, stratify: str | None = None, **kwargs):
         self.gen_kwargs = dict(n_source=n_source, n_target=n_target, size=size, spacing=spacing, seed=gen_seed)
-        key = hashlib.sha1(json.dumps(self.gen_kwargs, sort_keys=True).encode()).hexdigest()[:10]
-        root = Path(cache_dir) / f"synthetic_hematoma-{key}"
+        root = Path(cache_dir) / f"synthetic_hematoma-{cache_key(self.gen_kwargs)}"
         self.k, self.fold_seed, self.stratify = k, fold_seed, stratify
         super().__init__(datalist=str(root / "datalist_target.json"),
                          folds_file=str(root / f"folds_k{k}_seed{fold_seed}_{stratify or 'none'}.json"), **kwargs)

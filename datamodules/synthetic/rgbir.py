@@ -7,10 +7,6 @@ sensor noise and optics blur. An RGB detector learns colour and fails on IR — 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -18,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..detection import PairedDetectionDataModule
+from ._cache import build_once, cache_key
 
 CLASSES = ("person", "bicycle", "car")
 RGB_COLOURS = {"person": (0.85, 0.15, 0.15), "bicycle": (0.15, 0.8, 0.2), "car": (0.15, 0.3, 0.9)}
@@ -116,26 +113,19 @@ def generate_rgbir(root: str | Path, n_train: int = 800, n_test: int = 200, size
     root = Path(root)
     if (root / "meta.json").exists():
         return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "Annotations").mkdir(parents=True)
-    for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
-        for mod in ("infrared", "visible"):
-            (tmp / mod / split).mkdir(parents=True)
-        rng = np.random.default_rng([seed, offset])
-        for i in range(n):
-            stem = f"{split}_{i:05d}"
-            rgb, ir, objects = render_scene(rng, size, max_objects)
-            Image.fromarray(rgb).save(tmp / "visible" / split / f"{stem}.png")
-            Image.fromarray(ir).save(tmp / "infrared" / split / f"{stem}.png")
-            (tmp / "Annotations" / f"{stem}.xml").write_bytes(_voc_xml(stem, size, objects))
     meta = dict(n_train=n_train, n_test=n_test, size=size, max_objects=max_objects, seed=seed)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with build_once(root, meta) as tmp:
+        (tmp / "Annotations").mkdir()
+        for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
+            for mod in ("infrared", "visible"):
+                (tmp / mod / split).mkdir(parents=True)
+            rng = np.random.default_rng([seed, offset])
+            for i in range(n):
+                stem = f"{split}_{i:05d}"
+                rgb, ir, objects = render_scene(rng, size, max_objects)
+                Image.fromarray(rgb).save(tmp / "visible" / split / f"{stem}.png")
+                Image.fromarray(ir).save(tmp / "infrared" / split / f"{stem}.png")
+                (tmp / "Annotations" / f"{stem}.xml").write_bytes(_voc_xml(stem, size, objects))
     return root
 
 
@@ -145,8 +135,7 @@ class SyntheticRGBIRDataModule(PairedDetectionDataModule):
     def __init__(self, cache_dir: str, n_train: int = 800, n_test: int = 200, size: int = 64, max_objects: int = 4,
                  seed: int = 0, class_map: dict[str, int] | None = None, **kwargs):
         self.gen_kwargs = dict(n_train=n_train, n_test=n_test, size=size, max_objects=max_objects, seed=seed)
-        key = hashlib.sha1(json.dumps(self.gen_kwargs, sort_keys=True).encode()).hexdigest()[:10]
-        super().__init__(root=str(Path(cache_dir) / f"synthetic_rgbir-{key}"), format="llvip",
+        super().__init__(root=str(Path(cache_dir) / f"synthetic_rgbir-{cache_key(self.gen_kwargs)}"), format="llvip",
                          class_map=class_map or {"person": 1, "bicycle": 2, "car": 3}, **kwargs)
 
     def prepare_data(self) -> None:

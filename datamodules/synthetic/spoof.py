@@ -10,16 +10,13 @@ randomisation above 1 kHz. Every clip is normalised to unit standard deviation (
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from ..audio import SpoofDataModule
+from ._cache import build_once, cache_key
 
 SEEN, HELD_OUT = ("A1", "A2", "A3"), ("A4", "A5", "A6")
 
@@ -97,43 +94,32 @@ def generate_spoof(root: str | Path, sr: int = 8000, seconds: float = 0.5, n_tra
     root = Path(root)
     if (root / "meta.json").exists():
         return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "protocols").mkdir(parents=True)
     n = int(sr * seconds)
     plan = {"train": (n_train, SEEN), "dev": (n_dev, SEEN), "eval": (n_eval, SEEN), "ood": (n_ood, HELD_OUT)}
-    for s, (split, (count, attacks)) in enumerate(plan.items()):
-        rng = np.random.default_rng([seed, s])
-        (tmp / split / "flac").mkdir(parents=True)
-        lines = []
-        kinds = [("bonafide", "-")] * count + [(a, a) for a in attacks for _ in range(count if split != "ood" else count // 2)]
-        for i, (kind, attack_id) in enumerate(kinds):
-            utt = f"{split.upper()}_{i:05d}"
+    with build_once(root, dict(sr=sr, seconds=seconds, seed=seed)) as tmp:
+        (tmp / "protocols").mkdir()
+        for s, (split, (count, attacks)) in enumerate(plan.items()):
+            rng = np.random.default_rng([seed, s])
+            (tmp / split / "flac").mkdir(parents=True)
+            lines = []
+            per_attack = count if split != "ood" else count // 2
+            kinds = [("bonafide", "-")] * count + [(a, a) for a in attacks for _ in range(per_attack)]
+            for i, (kind, attack_id) in enumerate(kinds):
+                utt = f"{split.upper()}_{i:05d}"
+                x = bonafide(rng, n, sr) if kind == "bonafide" else attack(kind, rng, n, sr)
+                sf.write(tmp / split / "flac" / f"{utt}.flac", _norm(x), sr)
+                lines.append(f"SPK_{i % 20:03d} {utt} - {attack_id} {'bonafide' if kind == 'bonafide' else 'spoof'}")
+            (tmp / "protocols" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        rng = np.random.default_rng([seed, 9])
+        (tmp / "wild").mkdir()
+        rows = ["file,speaker,label"]
+        kinds = ["bonafide"] * n_ood + [a for a in SEEN + HELD_OUT for _ in range(n_ood // 4)]
+        for i, kind in enumerate(kinds):
             x = bonafide(rng, n, sr) if kind == "bonafide" else attack(kind, rng, n, sr)
-            sf.write(tmp / split / "flac" / f"{utt}.flac", _norm(x), sr)
-            lines.append(f"SPK_{i % 20:03d} {utt} - {attack_id} {'bonafide' if kind == 'bonafide' else 'spoof'}")
-        (tmp / "protocols" / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    rng = np.random.default_rng([seed, 9])
-    (tmp / "wild").mkdir()
-    rows = ["file,speaker,label"]
-    kinds = ["bonafide"] * n_ood + [a for a in SEEN + HELD_OUT for _ in range(n_ood // 4)]
-    for i, kind in enumerate(kinds):
-        x = bonafide(rng, n, sr) if kind == "bonafide" else attack(kind, rng, n, sr)
-        sf.write(tmp / "wild" / f"{i}.wav", _norm(channel(x, rng, sr)), sr)
-        rows.append(f"{i}.wav,speaker{i % 7},{'bona-fide' if kind == 'bonafide' else 'spoof'}")
-    (tmp / "wild" / "meta.csv").write_text("\n".join(rows) + "\n")
-    (tmp / "meta.json").write_text(json.dumps(dict(sr=sr, seconds=seconds, seed=seed)))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+            sf.write(tmp / "wild" / f"{i}.wav", _norm(channel(x, rng, sr)), sr)
+            rows.append(f"{i}.wav,speaker{i % 7},{'bona-fide' if kind == 'bonafide' else 'spoof'}")
+        (tmp / "wild" / "meta.csv").write_text("\n".join(rows) + "\n")
     return root
-
-
-def synthetic_spoof_root(cache_dir: str | Path, **kwargs) -> Path:
-    key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
-    return generate_spoof(Path(cache_dir) / f"synthetic_spoof-{key}", **kwargs)
 
 
 #: degradations of the toy's self-supervised pretext: families like the attacks', other parameters
@@ -185,8 +171,7 @@ class SyntheticSpoofDataModule(SpoofDataModule):
     def __init__(self, cache_dir: str, sr: int = 8000, seconds: float = 0.5, n_train: int = 300, n_dev: int = 100,
                  n_eval: int = 100, n_ood: int = 100, gen_seed: int = 0, **kwargs):
         self.gen_kwargs = dict(sr=sr, seconds=seconds, n_train=n_train, n_dev=n_dev, n_eval=n_eval, n_ood=n_ood, seed=gen_seed)
-        key = hashlib.sha1(json.dumps(self.gen_kwargs, sort_keys=True).encode()).hexdigest()[:10]
-        root = Path(cache_dir) / f"synthetic_spoof-{key}"
+        root = Path(cache_dir) / f"synthetic_spoof-{cache_key(self.gen_kwargs)}"
         proto = lambda split: {"format": "asvspoof2019", "protocol": str(root / "protocols" / f"{split}.txt"),  # noqa: E731
                                "audio_dir": str(root / split / "flac")}
         tests = {"eval": proto("eval"), "ood_attacks": proto("ood"), "wild": {"format": "in_the_wild", "root": str(root / "wild")}}

@@ -1,0 +1,33 @@
+"""Generated datasets are built once per setting: in a temporary folder renamed into place when complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def cache_key(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@contextmanager
+def build_once(root: Path, meta: dict) -> Iterator[Path]:
+    """Yield an empty folder to fill; on success it gets ``meta.json`` and becomes ``root`` atomically (when a
+    concurrent builder finished first, its result stays). Callers skip the build when ``root/meta.json`` exists."""
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
