@@ -3,9 +3,10 @@
 Names: ``tiny`` (toys/tests, ~0.2 M parameters), ``base``, ``xlsr_300m``, ``xlsr_1b`` (the XLS-R shapes).
 Real weights come from a local file resolved through ``weights/``: a torchaudio-layout state dict (what
 ``torchaudio.pipelines`` models save) or a Hugging Face ``Wav2Vec2Model`` / ``Wav2Vec2ForCTC`` state dict
-(``model.safetensors``), renamed the way torchaudio's ``import_huggingface_model`` maps the modules. fairseq
-checkpoints are pickles that cannot be loaded safely: convert them once with torchaudio's
-``import_fairseq_model`` and save the state dict.
+(``model.safetensors``), renamed the way torchaudio's ``import_huggingface_model`` maps the modules, or a
+fairseq checkpoint (``xlsr2_300m.pt``: its ``model`` tensors, keys mapped by torchaudio's fairseq importer).
+fairseq checkpoints are loaded with ``weights_only=True`` (argparse Namespace allowed); one that needs
+arbitrary pickled objects is refused — re-save its ``model`` dict first.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _is_fairseq(path) -> bool:
+    """fairseq checkpoints keep the tensors under 'model' next to 'args' or 'cfg'."""
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return True  # objects beyond tensors: let load_fairseq explain
+    return isinstance(ckpt, dict) and "model" in ckpt and ("args" in ckpt or "cfg" in ckpt)
+
+
 _WN = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
 
 
@@ -75,13 +88,29 @@ def _weight_norm_names(state: dict, own: dict) -> dict:
     return out
 
 
+def load_fairseq(path) -> dict[str, torch.Tensor]:
+    """The wav2vec2 tensors of a fairseq checkpoint, in torchaudio's names."""
+    import argparse
+
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: this fairseq checkpoint holds objects that cannot be loaded safely ({e}); "
+                             "load it once where fairseq is installed and save ckpt['model'] with torch.save") from None
+    state = ckpt.get("model", ckpt)
+    return _convert_state_dict({k.removeprefix("w2v_encoder.w2v_model."): v for k, v in state.items()})
+
+
 def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module:
     if name not in CONFIGS:
         raise ValueError(f"unknown wav2vec2 '{name}'; known: {', '.join(CONFIGS)}")
     model = wav2vec2_model(**CONFIGS[name], aux_num_out=None)
     if weights:
         path = resolve(weights)
-        state = load_state_dict(path)
+        state = load_fairseq(path) if str(path).endswith(".pt") and _is_fairseq(path) else load_state_dict(path)
         if any(k.startswith(("wav2vec2.", "feature_projection.")) or ".parametrizations." in k for k in state):
             state = from_huggingface(state)
         own = model.state_dict()
