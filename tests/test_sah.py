@@ -263,3 +263,18 @@ def test_folds_from_the_datalist_fold_keys(tmp_path):
     del entries[0]["fold"]
     with pytest.raises(DatasetError, match="case 'c0' has no 'fold' key"):
         VolumeDataModule(str(_datalist(tmp_path, entries)), folds_file="", fold=0).setup()
+
+
+def test_transfer_stage_starts_from_a_pretraining_checkpoint(tmp_path):
+    """model.pretrained accepts the Lightning checkpoint of the pre-training stage (keys prefixed 'net.')."""
+    pre = SegTransferModule(net=NET, strategy="full")
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(0.1)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=0)
+    trainer.strategy.connect(pre)
+    trainer.save_checkpoint(tmp_path / "pre.ckpt", weights_only=True)
+    stage2 = SegTransferModule(net=NET, strategy="convlora", rank=2, pretrained=str(tmp_path / "pre.ckpt"))
+    x = torch.rand(1, 1, 8, 8, 8)
+    pre.eval(), stage2.eval()
+    assert torch.allclose(stage2(x), pre(x), atol=1e-6)  # adapters start at zero: same function as stage 1
