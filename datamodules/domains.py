@@ -229,6 +229,32 @@ def sample_shots(labels: Sequence[int], k: int, seed: int, class_names: Sequence
     return shots, val
 
 
+def long_tail(labels: Sequence[int], imbalance: float, seed: int) -> list[int]:
+    """Seeded long-tailed subsample (label-shift scenario): classes in a seeded order keep
+    n_max * imbalance^(-rank / (C - 1)) images, so the rarest keeps 1/imbalance of the most frequent."""
+    if imbalance < 1:
+        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    order = rng.permutation(classes)
+    n_max = max(int((labels == c).sum()) for c in classes)
+    keep = []
+    for rank, c in enumerate(order):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = max(1, int(round(n_max * imbalance ** (-rank / max(1, len(classes) - 1)))))
+        keep += idx[: min(n, len(idx))].tolist()
+    return sorted(keep)
+
+
+def known_classes(num_classes: int, num_known: int, seed: int = 2020) -> list[int]:
+    """The OOD/partial scenario's known classes: the first ``num_known`` of a permutation drawn with
+    NumPy ``RandomState(seed)`` (the paper's protocol, seed 2020)."""
+    if not 0 < num_known <= num_classes:
+        raise ValueError(f"num_known must be in 1..{num_classes}, got {num_known}")
+    return sorted(np.random.RandomState(seed).permutation(num_classes)[:num_known].tolist())
+
+
 # --------------------------------------------------------------------------------------- data module
 def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                      resize_ratio: float = 1.143):
@@ -370,6 +396,20 @@ class DomainDataModule(L.LightningDataModule):
             self.target_test[name] = ImageDataset(self.read_domain(name, split), len(self.sources) + j, eval_tf)
         self.eval_transform = eval_tf
         self._ready = True
+
+    def target_protocol(self, target: str, k: int, seed: int, test_ratio: float = 0.2, n_val: int = 1
+                        ) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+        """The few-shot SFDA protocol: a stratified split of the target domain (``test_ratio`` = test), then
+        ``k`` shots + ``n_val`` validation images per class drawn from the rest; all seeded by ``seed``."""
+        self.setup()
+        ds = self.target_test[self.desc.domain(target).name]
+        rest, test = stratified_split(ds.labels, test_ratio, seed)
+        rest_labels = [ds.labels[i] for i in rest]
+        shots, val = sample_shots(rest_labels, k, seed, self.classes, n_val)
+        train_tf = build_transforms(self.image_size, self.mean, self.std, train=self.augment)
+        pick = lambda idx: [ds.samples[rest[i]] for i in idx]  # noqa: E731
+        return (ImageDataset(pick(shots), ds.domain, train_tf), ImageDataset(pick(val), ds.domain, self.eval_transform),
+                ImageDataset([ds.samples[i] for i in test], ds.domain, self.eval_transform))
 
     def target_shots(self, target: str, k: int, seed: int, n_val: int = 0) -> tuple[ImageDataset, ImageDataset]:
         """k labelled images per class of a target domain (+ n_val held out), deterministic in ``seed``."""

@@ -134,3 +134,26 @@ def test_synthetic_generator_writes_imagefolder_once(tmp_path):
     ir = np.asarray(Image.open(root / "infrared/circle/0000.png"))
     assert photo.shape == ir.shape == (16, 16, 3)
     assert (ir[..., 0] == ir[..., 1]).all() and not (photo[..., 0] == photo[..., 1]).all()
+
+
+def test_fewshot_target_protocol_is_disjoint_and_seeded(tmp_path):
+    dm = SyntheticDomainDataModule(str(tmp_path), per_class=10, size=8, sources=["photo"], targets=["sketch"])
+    shots, val, test = dm.target_protocol("sketch", k=3, seed=1)
+    again = dm.target_protocol("sketch", k=3, seed=1)
+    assert (len(shots), len(val), len(test)) == (15, 5, 10)  # 3 + 1 per class from the 80 %, 20 % test
+    s, v, t = ({p for p, _ in d.samples} for d in (shots, val, test))
+    assert not (s & v) and not (s & t) and not (v & t)
+    assert shots.samples == again[0].samples and test.samples == again[2].samples
+    assert shots.samples != dm.target_protocol("sketch", k=3, seed=2)[0].samples
+
+
+def test_label_shift_and_known_class_scenarios():
+    from datamodules.domains import known_classes, long_tail
+
+    labels = np.repeat(np.arange(5), 40)
+    keep = long_tail(labels, imbalance=10, seed=0)
+    counts = sorted(np.bincount(labels[keep]).tolist())
+    assert counts[-1] == 40 and counts[0] == 4 and keep == long_tail(labels, 10, seed=0)
+    assert known_classes(65, 25) == known_classes(65, 25) and len(known_classes(65, 25)) == 25
+    with pytest.raises(ValueError, match="num_known must be in 1..12"):
+        known_classes(12, 13)
