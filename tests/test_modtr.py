@@ -355,3 +355,13 @@ def test_modtr_then_finetune_starts_from_a_trained_translator(tmp_path):
                                                   both.translator.state_dict().values()))
     assert not any(p.requires_grad for p in both.translator.parameters())
     assert all(p.requires_grad for p in both.detector.parameters())
+
+
+def test_detect_cli_names_a_folder_without_images(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = subprocess.run([sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--num-classes", "4",
+                          str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode != 0 and "empty: no images found" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--modality", "ir",
+                          str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode != 0 and "--modality ir needs --translator" in res.stderr

@@ -278,3 +278,14 @@ def test_transfer_stage_starts_from_a_pretraining_checkpoint(tmp_path):
     x = torch.rand(1, 1, 8, 8, 8)
     pre.eval(), stage2.eval()
     assert torch.allclose(stage2(x), pre(x), atol=1e-6)  # adapters start at zero: same function as stage 1
+
+
+def test_report_and_folds_cli_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no fold_\\*/per_case.csv under"):
+        build_report([tmp_path], tmp_path / "out")
+    res = subprocess.run([sys.executable, "-m", "transfer.folds", "make", "datalist=x.json", "kk=3"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode != 0 and "unknown argument(s) ['kk']" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "transfer.folds", "make", f"datalist={tmp_path / 'nope.json'}"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode != 0 and "nope.json: datalist does not exist" in res.stderr
