@@ -15,7 +15,6 @@ Layouts (nothing is downloaded; see datamodules/README.md):
 
 from __future__ import annotations
 
-import json
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from .domains import IMAGE_EXTENSIONS, DatasetError
+from .domains import IMAGE_EXTENSIONS, DatasetError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +99,7 @@ def _finish(path, boxes, labels, dropped, wh) -> Annotation:
 def read_coco_json(path: str | Path, class_map: Mapping[str, int]) -> dict[str, Annotation]:
     """COCO json -> {file_name: Annotation}; bbox [x, y, w, h] becomes xyxy; categories mapped by name."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file does not exist") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "annotation file")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DatasetError(f"{path}: missing the '{key}' list of a COCO annotation file")

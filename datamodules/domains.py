@@ -10,6 +10,7 @@ Nothing is downloaded: a missing root raises an error naming the layout and wher
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,17 @@ README = "datamodules/README.md"
 
 class DatasetError(RuntimeError):
     """A dataset on disk is missing or malformed; the message names the file and the problem."""
+
+
+def read_json(path: str | Path, what: str = "file"):
+    """Parsed JSON; a missing or malformed file is a DatasetError naming it (``what``: annotation file, ...)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,13 @@ import torch
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader
 
-from .domains import DatasetError
+from .domains import DatasetError, read_json
 
 
 def load_datalist(path: str | Path, key: str = "training") -> list[dict]:
     """Cases with absolute paths; a missing file or a case without image/label is an error naming it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: datalist does not exist") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "datalist")
     if key not in data:
         raise DatasetError(f"{path}: no '{key}' list (Decathlon datalist format)")
     cases, seen = [], set()

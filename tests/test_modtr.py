@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import repo_root
 from datamodules import DatasetError, PairedDetectionDataModule, read_coco_json, read_voc_xml
 from datamodules.synthetic import SyntheticRGBIRDataModule
 from transfer.checkpoints import IncompatibleCheckpointError

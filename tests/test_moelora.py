@@ -4,7 +4,6 @@ adapter-only checkpoints, DDP, RawBoost."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY as _  # noqa: F401  (conftest sets threads)
 from datamodules import DatasetError
 from datamodules.volumes import VolumeDataModule, load_datalist, make_folds, read_folds, write_folds
-from transfer.metrics.clinical import case_result, cases_from_csv, hd95_mm, regression, volume_bin, volume_ml
+from transfer.metrics.clinical import cases_from_csv, hd95_mm, regression, volume_bin, volume_ml
 from transfer.methods.sah import SegTransferModule
 from transfer.models.unets import MVNet, create_segmentation_net
 from transfer.records import read_jsonl

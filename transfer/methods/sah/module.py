@@ -20,7 +20,6 @@ import torch.distributed as dist
 from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject, load_base_weights
