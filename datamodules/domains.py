@@ -89,6 +89,12 @@ OFFICEHOME_CLASSES = (
     "Speaker Spoon TV Table Telephone ToothBrush Toys Trash_Can Webcam"
 ).split()
 
+OFFICEHOME_CPR = (DomainSpec("Clipart", ("Cl", "C")), DomainSpec("Product", ("Pr", "P")),
+                  DomainSpec("Real_World", ("Real World", "RealWorld", "Rw", "R")))  # the RSUT benchmark drops Art
+VISDA_DOMAINS = (DomainSpec("Synthetic", ("train", "T", "syn")), DomainSpec("Real", ("validation", "V", "val")))
+VISDA_CLASSES = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle", "person", "plant",
+                 "skateboard", "train", "truck")
+
 DESCRIPTORS: dict[str, DatasetDescriptor] = {
     "office31": DatasetDescriptor(
         "office31",
@@ -100,9 +106,7 @@ DESCRIPTORS: dict[str, DatasetDescriptor] = {
         "office_home",
         (
             DomainSpec("Art", ("Ar", "A")),
-            DomainSpec("Clipart", ("Cl", "C")),
-            DomainSpec("Product", ("Pr", "P")),
-            DomainSpec("Real_World", ("Real World", "RealWorld", "Rw", "R")),
+            *OFFICEHOME_CPR,
         ),
         tuple(OFFICEHOME_CLASSES),
         source="Office-Home (Venkateswara et al. 2017), OfficeHomeDataset_10072016",
@@ -130,10 +134,36 @@ DESCRIPTORS: dict[str, DatasetDescriptor] = {
     ),
     "visda2017": DatasetDescriptor(
         "visda2017",
-        (DomainSpec("Synthetic", ("train", "T", "syn")), DomainSpec("Real", ("validation", "V", "val"))),
-        ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle", "person", "plant",
-         "skateboard", "train", "truck"),
+        VISDA_DOMAINS,
+        VISDA_CLASSES,
         source="VisDA-2017 classification track (train/ and validation/ folders)",
+    ),
+    "vlcs": DatasetDescriptor(
+        "vlcs",
+        (DomainSpec("Caltech101", ("C",)), DomainSpec("LabelMe", ("L",)), DomainSpec("SUN09", ("S",)),
+         DomainSpec("VOC2007", ("V",))),
+        ("bird", "car", "chair", "dog", "person"),
+        source="VLCS (Fang et al. 2013), DomainBed layout VLCS/<domain>/<class>/",
+    ),
+    "terra_incognita": DatasetDescriptor(
+        "terra_incognita",
+        tuple(DomainSpec(f"location_{n}", (f"L{n}",)) for n in (100, 38, 43, 46)),
+        None,  # the class folders of the DomainBed copy
+        source="Terra Incognita (Beery et al. 2018), DomainBed layout terra_incognita/location_<n>/<class>/",
+    ),
+    "office_home_rsut": DatasetDescriptor(
+        "office_home_rsut",
+        OFFICEHOME_CPR,
+        tuple(OFFICEHOME_CLASSES),
+        list_files={"all": "{domain}_RS.txt"},  # reversely-unbalanced source lists; targets read {domain}_UT.txt
+        source="Office-Home RSUT lists (Tan et al., 'Class-imbalanced domain adaptation') over Office-Home images",
+    ),
+    "visda2017_rsut": DatasetDescriptor(
+        "visda2017_rsut",
+        VISDA_DOMAINS,
+        VISDA_CLASSES,
+        list_files={"all": "{domain}_RS.txt"},
+        source="VisDA-C RSUT lists (Tan et al.) over the VisDA-2017 images",
     ),
     "custom": DatasetDescriptor("custom", (), None, source="your own ImageFolder or list files"),
 }
@@ -278,7 +308,28 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
                       T.CenterCrop(image_size), *normalize])
 
 
-class DomainDataModule(L.LightningDataModule):
+class KnownClassesMixin:
+    """The label space of a module with ``all_classes``, ``num_known`` and ``known_seed``: every class, or the
+    ``num_known`` subset of the OOD/partial scenario (``known_classes``), relabelled 0..K-1 in that order."""
+
+    num_known: int | None
+    known_seed: int
+
+    @property
+    def known(self) -> list[int]:
+        n = len(self.all_classes)
+        return known_classes(n, self.num_known, self.known_seed) if self.num_known else list(range(n))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.all_classes[c] for c in self.known)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class DomainDataModule(KnownClassesMixin, L.LightningDataModule):
     """Sources -> train/val (seeded stratified split); each target domain -> one test loader.
 
     ``val_on_targets`` adds the target test loaders to validation: only the ``oracle`` selection
@@ -303,6 +354,8 @@ class DomainDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_on_targets: bool = False,
         classes: Sequence[str] | None = None,
+        num_known: int | None = None,
+        known_seed: int = 2020,
     ):
         super().__init__()
         if dataset not in DESCRIPTORS:
@@ -324,6 +377,7 @@ class DomainDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_on_targets = val_on_targets
         self._classes = tuple(classes) if classes else self.desc.classes
+        self.num_known, self.known_seed = num_known, known_seed
         self._ready = False
 
     # -- discovery
@@ -354,7 +408,7 @@ class DomainDataModule(L.LightningDataModule):
         return None
 
     @property
-    def classes(self) -> tuple[str, ...]:
+    def all_classes(self) -> tuple[str, ...]:
         if self._classes is None:
             for name in self.sources + self.targets:
                 d = self._domain_dir(self.desc.domain(name))
@@ -365,9 +419,11 @@ class DomainDataModule(L.LightningDataModule):
                 raise DatasetError(f"{self.root}: cannot infer the class list (no domain folder); pass classes=")
         return self._classes
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def _known_only(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+        if not self.num_known:
+            return samples
+        relabel = {c: i for i, c in enumerate(self.known)}
+        return [(p, relabel[y]) for p, y in samples if y in relabel]
 
     def read_domain(self, name: str, split: str = "all") -> list[tuple[Path, int]]:
         """Samples of one domain (``split`` is ``all``, or ``train``/``test`` where lists are official)."""
@@ -377,7 +433,7 @@ class DomainDataModule(L.LightningDataModule):
         if self.layout in ("auto", "list"):
             f = self._list_file(spec, list_split)
             if f is not None:
-                return read_list_file(f, self.root, self.desc.label_offset, self.num_classes)
+                return read_list_file(f, self.root, self.desc.label_offset, len(self.all_classes))
             if self.layout == "list":
                 raise DatasetError(f"{self.root}: no list file for domain '{spec.name}' "
                                    f"(expected {self.desc.list_files[list_split].format(domain=spec.name)})")
@@ -387,7 +443,7 @@ class DomainDataModule(L.LightningDataModule):
                 f"{self.root}: domain '{spec.name}' not found (looked for folders {list(spec.spellings())} "
                 f"and list files); see {README}"
             )
-        return scan_image_folder(d, self.classes)
+        return scan_image_folder(d, self.all_classes)
 
     # -- Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -398,39 +454,17 @@ class DomainDataModule(L.LightningDataModule):
         self.source_train, self.source_val = [], []
         for i, name in enumerate(self.sources):
             split = "train" if self.desc.official_test_split else "all"
-            samples = self.read_domain(name, split)
+            samples = self._known_only(self.read_domain(name, split))
             tr, va = stratified_split([s[1] for s in samples], self.val_ratio, self.split_seed)
             self.source_train.append(ImageDataset([samples[j] for j in tr], i, train_tf))
             self.source_val.append(ImageDataset([samples[j] for j in va], i, eval_tf))
         self.target_test = {}
         for j, name in enumerate(self.targets):
             split = "test" if self.desc.official_test_split else "all"
-            self.target_test[name] = ImageDataset(self.read_domain(name, split), len(self.sources) + j, eval_tf)
+            self.target_test[name] = ImageDataset(self._known_only(self.read_domain(name, split)),
+                                                 len(self.sources) + j, eval_tf)
         self.eval_transform = eval_tf
         self._ready = True
-
-    def target_protocol(self, target: str, k: int, seed: int, test_ratio: float = 0.2, n_val: int = 1
-                        ) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
-        """The few-shot SFDA protocol: a stratified split of the target domain (``test_ratio`` = test), then
-        ``k`` shots + ``n_val`` validation images per class drawn from the rest; all seeded by ``seed``."""
-        self.setup()
-        ds = self.target_test[self.desc.domain(target).name]
-        rest, test = stratified_split(ds.labels, test_ratio, seed)
-        rest_labels = [ds.labels[i] for i in rest]
-        shots, val = sample_shots(rest_labels, k, seed, self.classes, n_val)
-        train_tf = build_transforms(self.image_size, self.mean, self.std, train=self.augment)
-        pick = lambda idx: [ds.samples[rest[i]] for i in idx]  # noqa: E731
-        return (ImageDataset(pick(shots), ds.domain, train_tf), ImageDataset(pick(val), ds.domain, self.eval_transform),
-                ImageDataset([ds.samples[i] for i in test], ds.domain, self.eval_transform))
-
-    def target_shots(self, target: str, k: int, seed: int, n_val: int = 0) -> tuple[ImageDataset, ImageDataset]:
-        """k labelled images per class of a target domain (+ n_val held out), deterministic in ``seed``."""
-        self.setup()
-        ds = self.target_test[self.desc.domain(target).name]
-        shots, val = sample_shots(ds.labels, k, seed, self.classes, n_val)
-        train_tf = build_transforms(self.image_size, self.mean, self.std, train=self.augment)
-        return (ImageDataset([ds.samples[i] for i in shots], ds.domain, train_tf),
-                ImageDataset([ds.samples[i] for i in val], ds.domain, self.eval_transform))
 
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -37,21 +37,23 @@ def cache_dir(tmp_path_factory) -> Path:
 def make_cfg(tmp_path, cache_dir):
     """Compose the real configs as `python -m transfer.train` would, with the run dir in tmp_path."""
 
-    def _make(*overrides: str, config_name: str = "train", run_dir: Path | None = None):
-        GlobalHydra.instance().clear()
-        run_dir = run_dir or tmp_path / "run"
-        with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-            cfg.hydra.job.num = 0
-            cfg.paths.cache_dir = str(cache_dir)
-        HydraConfig.instance().set_config(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return cfg
-
-    yield _make
+    yield lambda *overrides, config_name="train", run_dir=None: compose_config(
+        overrides, run_dir or tmp_path / "run", cache_dir, config_name)
     GlobalHydra.instance().clear()
+
+
+def compose_config(overrides, run_dir: Path, cache_dir: Path, config_name: str = "train"):
+    """The composed config with Hydra's runtime set, as the entry point sees it (also for module-scoped fixtures)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.cache_dir = str(cache_dir)
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
 
 
 def repo_root() -> Path:

@@ -113,13 +113,17 @@ def test_shots_exact_per_class_and_deterministic():
         sample_shots(labels, k=6, seed=0, class_names=["cat", "dog", "a", "b"], n_val=1)
 
 
-def test_target_shots_from_datamodule(tmp_path):
-    dm = SyntheticDomainDataModule(str(tmp_path), per_class=5, size=8, sources=["photo"], targets=["sketch"])
-    shots, val = dm.target_shots("sketch", k=2, seed=7, n_val=1)
-    again, _ = dm.target_shots("sketch", k=2, seed=7, n_val=1)
-    assert len(shots) == 10 and len(val) == 5 and shots.samples == again.samples
-    with pytest.raises(DatasetError, match="class 'circle' has 5 images"):
-        dm.target_shots("sketch", k=5, seed=0, n_val=1)
+def test_source_domains_restricted_to_known_classes(tmp_path):
+    """The OOD scenario's source model sees only the RandomState(2020) subset, relabelled 0..K-1."""
+    from datamodules.domains import known_classes
+
+    dm = SyntheticDomainDataModule(str(tmp_path), per_class=5, size=8, sources=["photo"], targets=["sketch"],
+                                   num_known=3)
+    dm.setup()
+    names = ["circle", "square", "triangle", "cross", "star"]
+    assert dm.classes == tuple(names[i] for i in known_classes(5, 3)) and dm.num_classes == 3
+    labels = {y for ds in dm.source_train + dm.source_val for y in ds.labels}
+    assert labels == {0, 1, 2} and len(dm.target_test["sketch"]) == 15
 
 
 def test_synthetic_generator_writes_imagefolder_once(tmp_path):
@@ -134,17 +138,6 @@ def test_synthetic_generator_writes_imagefolder_once(tmp_path):
     ir = np.asarray(Image.open(root / "infrared/circle/0000.png"))
     assert photo.shape == ir.shape == (16, 16, 3)
     assert (ir[..., 0] == ir[..., 1]).all() and not (photo[..., 0] == photo[..., 1]).all()
-
-
-def test_fewshot_target_protocol_is_disjoint_and_seeded(tmp_path):
-    dm = SyntheticDomainDataModule(str(tmp_path), per_class=10, size=8, sources=["photo"], targets=["sketch"])
-    shots, val, test = dm.target_protocol("sketch", k=3, seed=1)
-    again = dm.target_protocol("sketch", k=3, seed=1)
-    assert (len(shots), len(val), len(test)) == (15, 5, 10)  # 3 + 1 per class from the 80 %, 20 % test
-    s, v, t = ({p for p, _ in d.samples} for d in (shots, val, test))
-    assert not (s & v) and not (s & t) and not (v & t)
-    assert shots.samples == again[0].samples and test.samples == again[2].samples
-    assert shots.samples != dm.target_protocol("sketch", k=3, seed=2)[0].samples
 
 
 def test_label_shift_and_known_class_scenarios():

@@ -22,21 +22,11 @@ TINY = ["experiment=moelora_toy", "variants=null", "data.n_train=12", "data.n_de
 
 @pytest.fixture(scope="module")
 def moe_run(tmp_path_factory):
-    from hydra import compose, initialize_config_module
+    from conftest import compose_config
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     out = tmp_path_factory.mktemp("moe")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, "model.moe.top_k=2"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out / "run")
-        cfg.hydra.job.num = 0
-        cfg.paths.cache_dir = str(out / "cache")
-    HydraConfig.instance().set_config(cfg)
-    (out / "run").mkdir()
+    cfg = compose_config([*TINY, "model.moe.top_k=2"], out / "run", out / "cache")
     rows = run(cfg)
     GlobalHydra.instance().clear()
     return out, rows

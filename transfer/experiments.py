@@ -43,7 +43,9 @@ def available() -> list[str]:
 
 
 def register() -> Path:
-    """Store every experiment file under group ``experiment``; returns the folder used."""
+    """Store every experiment file under group ``experiment``; returns the folder used. Also registers the
+    resolver ``label_space`` (null -> ``all``, K -> ``known<K>``) that names exported SFDA source models."""
+    OmegaConf.register_new_resolver("label_space", lambda n: f"known{n}" if n else "all", replace=True)
     folder = experiments_dir()
     store = ConfigStore.instance()
     for path in sorted(folder.glob("*.yaml")):

@@ -36,6 +36,9 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if cfg.selection.get("monitor") is None:  # nothing to select on: the last checkpoint is the selected one
+        callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is None
+                                                  and c.filename != "last")]
     loggers = _instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -65,6 +68,7 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
         "variant": cfg.get("variant"),
         "seed": cfg.seed,
         "fold": cfg.get("fold"),
+        "sweep_point": cfg.get("sweep_point"),
         "selection": cfg.selection.protocol,
         "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
         "git_commit": git_commit(),
@@ -86,28 +90,127 @@ def print_rows(rows: list[dict]) -> None:
         print(f"{r['split']:<6} {r['target']:<16} {shown}")
 
 
+def _variant_overrides(cfg: DictConfig) -> dict[str, list[str]]:
+    """``variants`` ({name: [dotlist]}), crossed with ``scenarios`` when given: names ``scenario/variant``.
+    An item ``@name`` expands to the dotlist ``override_sets.name``."""
+    sets = cfg.get("override_sets") or {}
+
+    def expand(dotlist) -> list[str]:  # "@name" stands for the list override_sets.name
+        out = []
+        for item in dotlist or []:
+            if item.startswith("@"):
+                if item[1:] not in sets:
+                    raise KeyError(f"variant uses {item}, but override_sets has no '{item[1:]}' (has: {list(sets)})")
+                out += list(sets[item[1:]])
+            else:
+                out.append(item)
+        return out
+
+    variants = {k: expand(v) for k, v in (cfg.get("variants") or {}).items()}
+    scenarios = {k: expand(v) for k, v in (cfg.get("scenarios") or {}).items()}
+    if not scenarios:
+        return variants
+    return {f"{s}/{v}": s_over + v_over for s, s_over in scenarios.items() for v, v_over in (variants or {"": []}).items()}
+
+
 def run(cfg: DictConfig) -> list[dict]:
-    """One run, or — when the experiment lists ``variants`` — each variant in turn, then a comparison."""
-    if not cfg.get("variants"):
-        return run_folds(cfg)
+    """One run, or each variant in turn (baselines beside a method; ``scenarios`` x ``variants``), each over
+    the ``sweep`` values (e.g. shot seeds); then a comparison, mean +- std over the sweep."""
+    overrides = _variant_overrides(cfg)
+    if not overrides:
+        return run_sweep(cfg)
     out = Path(cfg.paths.output_dir)
     results_file = str(cfg.paths.results_file)
     rows = []
-    for name, overrides in cfg.variants.items():
+    for name, dotlist in overrides.items():
         sub = cfg.copy()
         with open_dict(sub):
-            sub.variants, sub.variant = None, name
+            sub.variants, sub.scenarios, sub.variant = None, None, name
             sub.paths.output_dir, sub.paths.results_file = str(out / name), results_file
-        sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(list(overrides or [])))
-        log.info("variant %s: %s", name, " ".join(overrides or []) or "(the experiment as is)")
-        rows += run_folds(sub)
+        sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(dotlist))
+        log.info("variant %s: %s", name, " ".join(dotlist) or "(the experiment as is)")
+        rows += run_sweep(sub)
     if rows:
-        print_comparison(rows)
+        rows += select_variants(rows, cfg.get("select"))
+        print_comparison(rows, cfg.get("report_metrics"))
+        atomic_write_text(out / "summary.csv", summary_csv(rows))
     if any(out.rglob("per_case.csv")):
         from transfer.report import build_report
 
         print(build_report([out], out / "report"))
     return rows
+
+
+def run_sweep(cfg: DictConfig) -> list[dict]:
+    """``sweep: {key: [values]}``: the run once per value (e.g. ``data.shot_seed: [0, 1, 2]``)."""
+    sweep = cfg.get("sweep")
+    if not sweep:
+        return run_folds(cfg)
+    if len(sweep) != 1:
+        raise ValueError(f"sweep takes one key (got {list(sweep)}); cross more with variants or scenarios")
+    (key, values), = sweep.items()
+    out, rows = Path(cfg.paths.output_dir), []
+    for value in values:
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.sweep, sub.sweep_point = None, f"{key}={value}"
+            sub.paths.output_dir, sub.paths.results_file = str(out / f"{key}={value}"), str(cfg.paths.results_file)
+        OmegaConf.update(sub, key, value, force_add=True)
+        rows += run_folds(sub)
+    return rows
+
+
+def select_variants(rows: list[dict], select: DictConfig | None) -> list[dict]:
+    """Unsupervised model selection across variants, e.g. SND for SFDA hyperparameters:
+    ``select: {shot: {candidates: [shot_lr1e-2, shot_lr1e-3], metric: snd, mode: max}}``. Per scenario, sweep
+    point and target, the candidate with the best ``metric`` on the test rows is reported as the new variant."""
+    chosen = []
+    for name, spec in (select or {}).items():
+        sign = 1 if spec.get("mode", "max") == "max" else -1
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            scenario, _, variant = (r.get("variant") or "").rpartition("/")
+            if r["split"] == "test" and variant in spec.candidates and spec.metric in r["metrics"]:
+                groups.setdefault((scenario, r.get("sweep_point"), r.get("fold"), r["target"]), []).append(r)
+        for (scenario, *_), group in groups.items():
+            best = max(group, key=lambda r: sign * r["metrics"][spec.metric])
+            chosen.append({**best, "variant": f"{scenario}/{name}" if scenario else name,
+                           "selected_from": best["variant"]})
+    return chosen
+
+
+def _aggregate(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
+    table: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["split"] == "test":
+            cell = table.setdefault((r.get("variant") or "-", r["target"]), {})
+            for k, v in r["metrics"].items():
+                cell.setdefault(k, []).append(v)
+    return table
+
+
+def _mean_std(values: list[float]) -> str:
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{t.mean():.4f}" if len(values) == 1 else f"{t.mean():.4f}+-{t.std():.4f}"
+
+
+def print_comparison(rows: list[dict], metrics=None) -> None:
+    """Test metrics per variant and target: mean +- std over sweep points and folds, n = number of runs."""
+    print(f"\n{'variant':<28} {'target':<14} {'n':>2}  metrics (split test)")
+    for (variant, target), cell in _aggregate(rows).items():
+        keys = [k for k in (metrics or sorted(cell)) if k in cell]
+        shown = "  ".join(f"{k}={_mean_std(cell[k])}" for k in keys)
+        print(f"{variant:<28} {target:<14} {len(next(iter(cell.values()))):>2}  {shown}")
+
+
+def summary_csv(rows: list[dict]) -> str:
+    lines = ["variant,target,metric,n,mean,std"]
+    for (variant, target), cell in _aggregate(rows).items():
+        for k, values in sorted(cell.items()):
+            t = torch.tensor(values, dtype=torch.float64)
+            std = float(t.std()) if len(values) > 1 else 0.0
+            lines.append(f"{variant},{target},{k},{len(values)},{float(t.mean()):.6f},{std:.6f}")
+    return "\n".join(lines) + "\n"
 
 
 def run_folds(cfg: DictConfig) -> list[dict]:
@@ -130,15 +233,6 @@ def run_folds(cfg: DictConfig) -> list[dict]:
         cases = [c for p in parts for c in cases_from_csv(p.read_text())]
         atomic_write_text(out / "per_case.csv", cases_to_csv(cases))
     return rows
-
-
-def print_comparison(rows: list[dict]) -> None:
-    print(f"\n{'variant':<16} {'fold':<5} {'target':<14} metrics (split test)")
-    for r in rows:
-        if r["split"] == "test":
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()))
-            fold = "-" if r.get("fold") is None else str(r["fold"])
-            print(f"{r.get('variant') or '-':<16} {fold:<5} {r['target']:<14} {shown}")
 
 
 def run_one(cfg: DictConfig) -> list[dict]:

@@ -41,12 +41,15 @@ class SourceOnlyClassifier(CompatibleCheckpointMixin, L.LightningModule):
             self._build(num_classes)
 
     def _build(self, num_classes: int) -> None:
-        hp = self.hparams
-        self.net = create_classifier(hp.backbone, num_classes, hp.pretrained, **(hp.backbone_kwargs or {}))
+        self.net = self.make_net(num_classes)
         self.hparams.num_classes = num_classes
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_target_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = nn.ModuleDict()
+
+    def make_net(self, num_classes: int) -> nn.Module:
+        hp = self.hparams
+        return create_classifier(hp.backbone, num_classes, hp.pretrained, **(hp.backbone_kwargs or {}))
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
