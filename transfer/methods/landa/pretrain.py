@@ -1,8 +1,9 @@
 """Toy stage: give a randomly initialised tiny open_clip model a shared image-text space by contrastive training
-on generated images of every style, captioned with their style and class ("a sketch of a triangle"). Styles in
-``style_only`` ({style: probability}) are often captioned by style alone ("an infrared photo of something"): the
-model learns what the style looks like but rarely pairs it with a class, so classifying that style is partly a
-compositional step, as for a domain that web captions seldom describe together with the object.
+on generated images of every style. Like web captions, each caption describes part of its image, drawn by
+``caption_mix``: style and class ("a sketch of a triangle"), the class alone ("a triangle") or the style alone
+("a sketch of something"). Partial captions push the embedding towards a class part shared across styles plus a
+style part, the structure that text-guided adaptation relies on. A caption is a positive for every image it
+describes correctly. ``style_frequency`` makes some styles rarer in the corpus.
 
 Real runs use pretrained CLIP weights instead. The images come from their own generator seed, disjoint from the
 images the adaptation uses.
@@ -23,8 +24,11 @@ from safetensors.torch import save_file
 from datamodules.domains import ImageDataset, build_transforms, scan_image_folder
 from datamodules.synthetic.domains import generate_domains
 
-CAPTIONS = ("{style} of a {shape}", "a {shape}, {style}", "{style} showing a {shape}")
-STYLE_ONLY = ("{style}", "{style} of an object", "{style} of something")  # the class is never named
+TEMPLATES = {
+    "both": ("{style} of a {shape}", "a {shape}, {style}", "{style} showing a {shape}"),
+    "class": ("a {shape}", "a picture of a {shape}", "the {shape}"),
+    "style": ("{style}", "{style} of an object", "{style} of something"),
+}
 
 
 def pretrain_key(spec: dict[str, Any], model_name: str) -> str:
@@ -58,20 +62,32 @@ def pretrain_clip(encoder, spec: dict[str, Any]) -> Path:
     steps = spec["epochs"] * max(1, len(x) // spec["batch_size"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec["lr"], total_steps=steps, pct_start=0.1)
     names = [(list(styles.values())[i // len(classes)], classes[i % len(classes)]) for i in range(len(styles) * len(classes))]
-    style_only = {styles[s]: float(p) for s, p in (spec.get("style_only") or {}).items()}
+    mix = dict(spec.get("caption_mix") or {"both": 1.0})
+    if set(mix) - set(TEMPLATES) or not sum(mix.values()) > 0:
+        raise ValueError(f"caption_mix takes weights for {sorted(TEMPLATES)}, got {mix}")
+    kinds, weights = list(mix), [float(w) for w in mix.values()]
+    # how often each style appears in the corpus (e.g. a target style that is rare on the web)
+    freq = spec.get("style_frequency") or {}
+    sample_weight = torch.tensor([float(freq.get(list(styles)[k // len(classes)], 1.0)) for k in pair.tolist()])
     for _ in range(steps):
-        idx = torch.randint(len(x), (spec["batch_size"],))
+        idx = torch.multinomial(sample_weight, spec["batch_size"], replacement=True)
         keys = pair[idx].tolist()
-        no_class = [rng.random() < style_only.get(names[k][0], 0.0) for k in keys]
-        captions = [rng.choice(STYLE_ONLY if nc else CAPTIONS).format(style=names[k][0], shape=names[k][1])
-                    for k, nc in zip(keys, no_class)]
+        kind = rng.choices(kinds, weights, k=len(keys))
+        captions = [rng.choice(TEMPLATES[c]).format(style=names[k][0], shape=names[k][1]) for k, c in zip(keys, kind)]
         img = F.normalize(model.encode_image(x[idx]), dim=-1)
         txt = F.normalize(model.encode_text(encoder.tokenizer(captions)), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T
-        group = torch.tensor([k // len(classes) if nc else len(names) + k for k, nc in zip(keys, no_class)])
-        same = (group[:, None] == group[None, :]).float()  # captions that say the same thing are positives
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
+        style_id = torch.tensor([k // len(classes) for k in keys])
+        class_id = torch.tensor([k % len(classes) for k in keys])
+        says_style = torch.tensor([c != "class" for c in kind])
+        says_class = torch.tensor([c != "style" for c in kind])
+        # image i matches caption j when every attribute the caption names is the image's
+        match = ((~says_style[None, :]) | (style_id[:, None] == style_id[None, :])) & \
+                ((~says_class[None, :]) | (class_id[:, None] == class_id[None, :]))
+        match = match.float()
+        to_text = match / match.sum(1, keepdim=True)
+        to_image = match.T / match.T.sum(1, keepdim=True)
+        loss = 0.5 * ((-to_text * logits.log_softmax(1)).sum(1).mean() + (-to_image * logits.T.log_softmax(1)).sum(1).mean())
         opt.zero_grad()
         loss.backward()
         opt.step()
