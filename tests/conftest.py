@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -58,3 +60,15 @@ def compose_config(overrides, run_dir: Path, cache_dir: Path, config_name: str =
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <args>`` in a fresh process (one intra-op thread), output captured."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def run_toy(name: str, tmp_path: Path, *overrides: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """A whole toy experiment from the CLI, its run dir at ``tmp_path/run`` and its cache at ``tmp_path/cache``."""
+    return cli("transfer.train", f"experiment={name}", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
+               f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, timeout=timeout)

@@ -2,14 +2,13 @@
 bad input."""
 
 import math
-import subprocess
-import sys
 
 import ot
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import cli, run_toy
 import datamodules.domains as domains_mod
 import transfer.train as train_mod
 from datamodules.embeddings import EmbeddingDataModule
@@ -192,15 +191,12 @@ def test_toy_variants_run_and_compare(make_cfg, tmp_path):
 
 def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
     args = [*TINY, "variants=null", "model.method=landa", "selection=last", f"paths.cache_dir={cache_dir}"]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
-                          "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600, env=env)
+    res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [r for r in read_jsonl(tmp_path / "ddp" / "results.jsonl") if r["split"] == "test"]
-    res = subprocess.run([sys.executable, "-m", "transfer.eval", *args, f"ckpt_path={rows[0]['checkpoint']}",
-                          f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=600, env=env)
+    res = cli("transfer.eval", *args, f"ckpt_path={rows[0]['checkpoint']}",
+              f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     single = {r["target"]: r["metrics"]["acc"] for r in read_jsonl(tmp_path / "single" / "results.jsonl")
               if r["split"] == "test"}
@@ -213,9 +209,7 @@ def test_landa_toy_text_guided_augmentation_beats_the_source_probe(tmp_path):
     """On the toy (3 seeds) the text-guided augmenters lift target accuracy above the source-only linear probe and
     zero-shot, with no target image (measured: LP 68.9, LADS 75.6, LanDA 76.7, zero-shot 68.7); the OT terms'
     effect is reported, not asserted."""
-    res = subprocess.run([sys.executable, "-m", "transfer.train", "experiment=landa_toy", f"hydra.run.dir={tmp_path / 'run'}",
-                          f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=1200)
+    res = run_toy("landa_toy", tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     import csv
 

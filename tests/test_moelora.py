@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_toy
 from datamodules.audio import rawboost
 from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.methods.moelora import SpoofModule
@@ -155,9 +156,7 @@ def test_fairseq_checkpoint_loads_with_an_argparse_namespace(tmp_path):
 
 @pytest.mark.slow
 def test_moelora_toy_is_learnable_and_held_out_attacks_are_harder(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "transfer.train", "experiment=moelora_toy", "callbacks=plain",
-                          f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    res = run_toy("moelora_toy", tmp_path, "callbacks=plain", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     m = {(r["variant"], r["target"]): r["metrics"]["eer"] for r in read_jsonl(tmp_path / "run" / "results.jsonl")
          if r["split"] == "test"}

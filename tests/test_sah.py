@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import run_toy
 from datamodules import DatasetError
 from datamodules.volumes import VolumeDataModule, load_datalist, make_folds, read_folds, write_folds
 from transfer.metrics.clinical import cases_from_csv, hd95_mm, regression, volume_bin, volume_ml
@@ -239,9 +240,7 @@ def test_ddp_per_case_rows_are_not_duplicated(tmp_path):
 @pytest.mark.slow
 def test_sah_toy_orderings(tmp_path):
     """Every transfer beats no fine-tuning; Dice rises from the smallest to the largest volume bin."""
-    res = subprocess.run([sys.executable, "-m", "transfer.train", "experiment=sah_toy", "callbacks=plain",
-                          f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    res = run_toy("sah_toy", tmp_path, "callbacks=plain", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     import csv
 

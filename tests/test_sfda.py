@@ -1,8 +1,6 @@
 """Few-shot SFDA through the real entry point: the toy's scenarios x variants x shot seeds, source data never
 read during adaptation, the few-shot protocol and scenarios, SND selection, DDP, and bad input."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli, run_toy
 from datamodules import DomainDataModule, FewShotTargetDataModule
 from datamodules.domains import DatasetError
 from datamodules.synthetic import SyntheticDomainDataModule
@@ -266,16 +265,13 @@ def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir):
     in one process must give the same target accuracy."""
     args = [*TINY, "scenarios=null", "variants=null", "sweep=null", "model.strategy=nrc", "trainer.max_steps=-1",
             "trainer.max_epochs=1", "selection=last", f"paths.cache_dir={cache_dir}"]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
-                          "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600, env=env)
+    res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
     test = next(r for r in rows if r["split"] == "test")
-    res = subprocess.run([sys.executable, "-m", "transfer.eval", *args, f"ckpt_path={test['checkpoint']}",
-                          f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=600, env=env)
+    res = cli("transfer.eval", *args, f"ckpt_path={test['checkpoint']}",
+              f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     single = next(r for r in read_jsonl(tmp_path / "single" / "results.jsonl") if r["split"] == "test")
     assert single["metrics"]["acc"] == pytest.approx(test["metrics"]["acc"], abs=1e-6)
@@ -286,9 +282,7 @@ def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir):
 def test_sfda_toy_orderings(tmp_path):
     """The paper's thesis on the toy, averaged over 3 shot seeds: 3-shot FT beats the source model everywhere and
     beats SHOT under label shift (per-class accuracy) and with OOD samples in the unlabelled pool."""
-    res = subprocess.run([sys.executable, "-m", "transfer.train", "experiment=sfda_toy", f"hydra.run.dir={tmp_path / 'run'}",
-                          f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=1200)
+    res = run_toy("sfda_toy", tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     import csv
 

@@ -1,14 +1,12 @@
 """End-to-end runs of the real configs: records, selection, resume, eval entry, determinism, checkpoints."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY, repo_root
+from conftest import TINY, cli, repo_root
 from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.records import read_jsonl
 from transfer.train import run
@@ -109,13 +107,8 @@ def test_checkpoint_of_another_model_gives_a_clear_error(trained, make_cfg, tmp_
     assert len(str(e.value)) < 600  # a sentence, not a dump of every tensor
 
 
-def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-
-
 def test_unknown_experiment_lists_available_ones(tmp_path):
-    out = _cli("transfer.train", "experiment=source_only_tyo", cwd=tmp_path, timeout=120)
+    out = cli("transfer.train", "experiment=source_only_tyo", cwd=tmp_path, timeout=120)
     assert out.returncode != 0
     assert "source_only_tyo" in out.stderr and "source_only_toy" in out.stderr
 
@@ -125,12 +118,12 @@ def test_ddp_two_processes_match_single_process_metrics(tmp_path, cache_dir):
     checkpoint in one process: the DDP-synced torchmetrics values must equal the single-process ones."""
     args = ["experiment=source_only_toy", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             f"paths.cache_dir={cache_dir}"]
-    out = _cli("transfer.train", *args, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    out = cli("transfer.train", *args, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
     assert len(rows) == 3  # rank 0 alone writes: val/source + 2 targets
     ckpt = rows[0]["checkpoint"]
-    out = _cli("transfer.eval", *args[:-3], f"paths.cache_dir={cache_dir}", "trainer=cpu", f"ckpt_path={ckpt}",
+    out = cli("transfer.eval", *args[:-3], f"paths.cache_dir={cache_dir}", "trainer=cpu", f"ckpt_path={ckpt}",
                f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     single = read_jsonl(tmp_path / "single" / "results.jsonl")
@@ -140,6 +133,6 @@ def test_ddp_two_processes_match_single_process_metrics(tmp_path, cache_dir):
 
 
 def test_module_entry_works_from_another_directory(tmp_path):
-    out = _cli("transfer.train", "--cfg", "job", "experiment=source_only_toy", cwd=tmp_path, timeout=120)
+    out = cli("transfer.train", "--cfg", "job", "experiment=source_only_toy", cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backbone: test_resnet" in out.stdout and str(repo_root()) not in str(tmp_path)

@@ -189,9 +189,15 @@ def _aggregate(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
     return table
 
 
-def _mean_std(values: list[float]) -> str:
+def _stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single run)."""
     t = torch.tensor(values, dtype=torch.float64)
-    return f"{t.mean():.4f}" if len(values) == 1 else f"{t.mean():.4f}+-{t.std():.4f}"
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def _mean_std(values: list[float]) -> str:
+    mean, std = _stats(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f}+-{std:.4f}"
 
 
 def print_comparison(rows: list[dict], metrics=None) -> None:
@@ -207,9 +213,8 @@ def summary_csv(rows: list[dict]) -> str:
     lines = ["variant,target,metric,n,mean,std"]
     for (variant, target), cell in _aggregate(rows).items():
         for k, values in sorted(cell.items()):
-            t = torch.tensor(values, dtype=torch.float64)
-            std = float(t.std()) if len(values) > 1 else 0.0
-            lines.append(f"{variant},{target},{k},{len(values)},{float(t.mean()):.6f},{std:.6f}")
+            mean, std = _stats(values)
+            lines.append(f"{variant},{target},{k},{len(values)},{mean:.6f},{std:.6f}")
     return "\n".join(lines) + "\n"
 
 

@@ -11,8 +11,6 @@ images the adaptation uses.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from datamodules.domains import ImageDataset, build_transforms, scan_image_folder
+from datamodules.synthetic import cache_key
 from datamodules.synthetic.domains import generate_domains
 
 TEMPLATES = {
@@ -32,8 +31,7 @@ TEMPLATES = {
 
 
 def pretrain_key(spec: dict[str, Any], model_name: str) -> str:
-    blob = json.dumps({"model": model_name, **{k: v for k, v in spec.items() if k != "cache_dir"}}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return cache_key({"model": model_name, **{k: v for k, v in spec.items() if k != "cache_dir"}})
 
 
 def pretrain_clip(encoder, spec: dict[str, Any]) -> Path:

@@ -12,17 +12,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.synthetic import cache_key
 from transfer.checkpoints import CompatibleCheckpointMixin
 
 from .losses import aad_loss, information_maximization, nrc_loss, shot_pseudo_labels, snd
@@ -88,8 +86,7 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
         stage = self.hparams.source_stage
         if not stage or (self.hparams.source_model and Path(self.hparams.source_model).is_file()):
             return
-        key = hashlib.sha1(json.dumps({k: v for k, v in stage.items() if k != "cache_dir"}, sort_keys=True,
-                                      default=str).encode()).hexdigest()[:12]
+        key = cache_key({k: v for k, v in stage.items() if k != "cache_dir"})
         path = Path(stage["cache_dir"]) / f"sfda-source-{key}.safetensors"
         if not path.exists():
             train_source_stage(stage, path, self.hparams.backbone, self.hparams.bottleneck)
