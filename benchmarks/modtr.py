@@ -30,7 +30,7 @@ def one_variant(variant: str, args) -> dict:
 
     torch.manual_seed(0)
     translator = {"name": "identity"} if variant == "finetune_full" else {"name": "unet", "encoder": args.translator}
-    module = ModTrModule(detector={"name": args.detector, "num_classes": 91}, translator=translator,
+    module = ModTrModule(detector={"name": args.detector, "weights": "random", "num_classes": 91}, translator=translator,
                          train_detector="full" if variant == "finetune_full" else "none",
                          train_translator=variant == "modtr")
     device = "cuda" if torch.cuda.is_available() else "cpu"

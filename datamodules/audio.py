@@ -17,7 +17,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .domains import DatasetError
+from .errors import DatasetError, check_files_exist
+from .summary import DataSummary
+
+# Published trial counts: ASVspoof 2019 LA train / dev / eval protocols, In-the-Wild meta.csv.
+OFFICIAL_TRIALS = {"cm.train.trn": 25380, "cm.dev.trl": 24844, "cm.eval.trl": 71237, "release_in_the_wild": 31779}
 
 BONAFIDE = {"bonafide", "bona-fide", "bona_fide", "genuine", "real", "1"}
 SPOOF = {"spoof", "fake", "0"}
@@ -55,22 +59,60 @@ def read_asvspoof2019(protocol: str | Path, audio_dir: str | Path, ext: str = ".
     return _nonempty(items, protocol)
 
 
-def read_asvspoof2021_keys(metadata: str | Path, audio_dir: str | Path, phase: str | None = "eval",
-                           ext: str = ".flac") -> list[AudioItem]:
-    """``keys/CM/trial_metadata.txt``: column 1 trial, 4 attack, 5 key, 7 phase (0-based)."""
-    metadata, audio_dir = Path(metadata), Path(audio_dir)
+KEY_CANDIDATES = ("keys/{track}/CM/trial_metadata.txt", "{track}-keys-full/keys/{track}/CM/trial_metadata.txt",
+                  "keys/CM/trial_metadata.txt", "{track}/keys/{track}/CM/trial_metadata.txt")
+AUDIO_CANDIDATES = ("ASVspoof2021_{track}_eval/flac", "ASVspoof2021_{track}_eval_part0{part}/ASVspoof2021_{track}_eval/flac",
+                    "{track}/ASVspoof2021_{track}_eval/flac")
+
+
+def find_asvspoof2021(root: str | Path, track: str) -> tuple[Path, list[Path]]:
+    """The CM key file and the audio folders of ASVspoof 2021 ``track`` (LA | DF) under ``root``, as the key
+    release (``LA-keys-full.tar.gz`` -> ``keys/LA/CM/trial_metadata.txt``) and the eval archives (DF in four
+    parts) unpack."""
+    root, track = Path(root), track.upper()
+    if track not in ("LA", "DF", "PA"):
+        raise DatasetError(f"ASVspoof 2021 track must be LA, DF or PA, got '{track}'")
+    keys = [root / c.format(track=track) for c in KEY_CANDIDATES]
+    found = next((k for k in keys if k.is_file()), None)
+    if found is None:
+        raise DatasetError(f"{root}: no ASVspoof 2021 {track} key file; looked for "
+                           f"{', '.join(str(k.relative_to(root)) for k in keys)} (unpack {track}-keys-full.tar.gz there)")
+    dirs = [root / c.format(track=track, part=p) for c in AUDIO_CANDIDATES for p in (range(4) if "{part}" in c else [0])]
+    dirs = [d for d in dict.fromkeys(dirs) if d.is_dir()]
+    if not dirs:
+        raise DatasetError(f"{root}: no ASVspoof 2021 {track} audio folder (expected ASVspoof2021_{track}_eval/flac)")
+    return found, dirs
+
+
+def read_asvspoof2021_keys(metadata: str | Path | None = None, audio_dir: str | Path | Sequence[str | Path] | None = None,
+                           phase: str | None = "eval", ext: str = ".flac", root: str | Path | None = None,
+                           track: str = "LA") -> list[AudioItem]:
+    """``trial_metadata.txt`` of the CM keys: column 1 trial, 4 attack, 5 key, 7 phase (0-based); LA has 8
+    columns, DF 13 (vocoder and source columns after the phase). With ``root`` + ``track`` the key file and audio
+    folders are found as released (:func:`find_asvspoof2021`)."""
+    if root is not None and metadata is None:
+        metadata, dirs = find_asvspoof2021(root, track)
+        audio_dirs = [Path(d) for d in ([audio_dir] if isinstance(audio_dir, (str, Path)) else audio_dir)] if audio_dir \
+            else dirs
+    elif metadata is None or audio_dir is None:
+        raise DatasetError("asvspoof2021 needs root + track, or metadata + audio_dir")
+    else:
+        audio_dirs = [Path(d) for d in ([audio_dir] if isinstance(audio_dir, (str, Path)) else audio_dir)]
+    metadata = Path(metadata)
     items = []
     for lineno, line in enumerate(_lines(metadata), 1):
         cols = line.split()
         if not cols:
             continue
-        if len(cols) < 8:
-            raise DatasetError(f"{metadata}:{lineno}: expected at least 8 columns (trial key at 1, key at 5, "
-                               f"phase at 7), got {len(cols)}")
+        if len(cols) not in (8, 13):
+            raise DatasetError(f"{metadata}:{lineno}: expected 8 (LA) or 13 (DF) columns 'SPEAKER TRIAL CODEC "
+                               f"TRANSMISSION ATTACK KEY TRIM PHASE ...', got {len(cols)}")
         if phase is not None and cols[7] != phase:
             continue
         label = parse_label(cols[5], f"{metadata}:{lineno}")
-        items.append(AudioItem(audio_dir / f"{cols[1]}{ext}", label, "bonafide" if label else cols[4], cols[1]))
+        name = f"{cols[1]}{ext}"
+        folder = next((d for d in audio_dirs if (d / name).exists()), audio_dirs[0]) if len(audio_dirs) > 1 else audio_dirs[0]
+        items.append(AudioItem(folder / name, label, "bonafide" if label else cols[4], cols[1]))
     return _nonempty(items, metadata)
 
 
@@ -125,6 +167,8 @@ def _nonempty(items: list, path: Path) -> list:
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     """Mono float waveform at ``sample_rate`` (resampled when the file differs); errors name the file."""
+    if not Path(path).exists():
+        raise DatasetError(f"{path}: audio file does not exist")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except FileNotFoundError:
@@ -223,6 +267,7 @@ class SpoofDataModule(L.LightningDataModule):
         self.test_specs = dict(tests)
         self.length, self.sample_rate, self.seed, self.rawboost_algo = length, sample_rate, seed, rawboost_algo
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or batch_size, num_workers
+        self.summary = DataSummary()
         self._ready = False
 
     @property
@@ -233,11 +278,33 @@ class SpoofDataModule(L.LightningDataModule):
         if self._ready:
             return
         kw = dict(length=self.length, sample_rate=self.sample_rate)
-        self.train_set = AudioDataset(read_set(self.specs["train"]), train=True, seed=self.seed,
-                                      rawboost_algo=self.rawboost_algo, **kw)
-        self.dev_set = AudioDataset(read_set(self.specs["dev"]), **kw)
-        self.test_sets = {k: AudioDataset(read_set(v), **kw) for k, v in self.test_specs.items()}
+        sets = {"train": self.specs["train"], "dev": self.specs["dev"], **self.test_specs}
+        items = {}
+        for name, spec in sets.items():
+            items[name] = read_set(spec)
+            listed_in = next((spec[k] for k in ("protocol", "metadata", "path") if spec.get(k)), spec.get("root"))
+            check_files_exist([it.path for it in items[name]], "audio", listed_in)
+            self._summarize(name, spec, items[name])
+        self.train_set = AudioDataset(items.pop("train"), train=True, seed=self.seed, rawboost_algo=self.rawboost_algo,
+                                      **kw)
+        self.dev_set = AudioDataset(items.pop("dev"), **kw)
+        self.test_sets = {k: AudioDataset(items[k], **kw) for k in self.test_specs}
         self._ready = True
+
+    def _summarize(self, name: str, spec: dict, items: list[AudioItem]) -> None:
+        s = self.summary
+        s.count(name, "bonafide", sum(it.label for it in items))
+        s.count(name, "spoof", sum(1 - it.label for it in items))
+        for attack in sorted({it.attack for it in items} - {"bonafide"}):
+            s.count(f"{name}/attacks", attack, sum(it.attack == attack for it in items))
+        path = str(spec.get("protocol") or spec.get("root") or "")
+        official = next((n for key, n in OFFICIAL_TRIALS.items() if key in path), None)
+        if official is not None:
+            s.expect(name, official, len(items))
+
+    def data_summary(self) -> dict:
+        self.summary.layout = ", ".join(f"{k}: {v.get('format')}" for k, v in {**self.specs, **self.test_specs}.items())
+        return self.summary.as_dict()
 
     def class_counts(self) -> list[int]:
         labels = [it.label for it in self.train_set.items]

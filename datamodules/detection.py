@@ -27,7 +27,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from .domains import IMAGE_EXTENSIONS, DatasetError, read_json
+from .errors import DatasetError, read_json
+from .imagelists import IMAGE_EXTENSIONS
+from .summary import DataSummary
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,15 @@ log = logging.getLogger(__name__)
 class Annotation:
     boxes: np.ndarray  # [N, 4] xyxy, pixels
     labels: np.ndarray  # [N] int64
-    dropped: int = 0  # boxes of classes outside class_map
+    dropped: int = 0  # boxes of classes outside class_map (and COCO crowd regions)
     clipped: int = 0  # boxes clipped to the image
     size: tuple[int, int] | None = None  # (width, height) when the file states it
+    degenerate: int = 0  # boxes without area (xmax <= xmin or ymax <= ymin after clipping): dropped
+    difficult: np.ndarray | None = None  # [N] bool, VOC <difficult>1</difficult>
+
+    def __post_init__(self):
+        if self.difficult is None:
+            self.difficult = np.zeros(len(self.labels), dtype=bool)
 
 
 @dataclass
@@ -63,7 +71,7 @@ def read_voc_xml(path: str | Path, class_map: Mapping[str, int]) -> Annotation:
     wh = None
     if size is not None and size.findtext("width") and size.findtext("height"):
         wh = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
-    boxes, labels, dropped = [], [], 0
+    boxes, labels, difficult, dropped = [], [], [], 0
     for i, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
@@ -78,10 +86,11 @@ def read_voc_xml(path: str | Path, class_map: Mapping[str, int]) -> Annotation:
             continue
         boxes.append(box)
         labels.append(class_map[name])
-    return _finish(path, boxes, labels, dropped, wh)
+        difficult.append((obj.findtext("difficult") or "0").strip() in ("1", "true", "True"))
+    return _finish(path, boxes, labels, dropped, wh, difficult)
 
 
-def _finish(path, boxes, labels, dropped, wh) -> Annotation:
+def _finish(path, boxes, labels, dropped, wh, difficult=None) -> Annotation:
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     clipped = 0
     if wh is not None and len(b):
@@ -90,10 +99,10 @@ def _finish(path, boxes, labels, dropped, wh) -> Annotation:
         clippedb[:, [1, 3]] = clippedb[:, [1, 3]].clip(0, wh[1])
         clipped = int((clippedb != b).any(1).sum())
         b = clippedb
-    bad = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
-    if bad.any():
-        raise DatasetError(f"{path}: box {b[bad][0].tolist()} has no area (xmax <= xmin or ymax <= ymin)")
-    return Annotation(b, np.asarray(labels, dtype=np.int64), dropped, clipped, wh)
+    labels = np.asarray(labels, dtype=np.int64)
+    difficult = np.asarray(difficult if difficult is not None else [False] * len(b), dtype=bool)
+    ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # zero-area boxes exist in the releases (FLIR): dropped, counted
+    return Annotation(b[ok], labels[ok], dropped, clipped, wh, int((~ok).sum()), difficult[ok])
 
 
 def read_coco_json(path: str | Path, class_map: Mapping[str, int]) -> dict[str, Annotation]:
@@ -215,13 +224,24 @@ def filter_boxes(ann: Annotation, min_area: float = 0.0, min_height: Mapping[int
     if min_height:
         heights = b[:, 3] - b[:, 1]
         keep &= np.array([heights[i] > min_height.get(int(l), 0) for i, l in enumerate(ann.labels)], dtype=bool)
-    return Annotation(b[keep], ann.labels[keep], ann.dropped, ann.clipped, ann.size)
+    return Annotation(b[keep], ann.labels[keep], ann.dropped, ann.clipped, ann.size, ann.degenerate, ann.difficult[keep])
+
+
+DIFFICULT = ("ignore", "keep", "drop")
+OFFICIAL_PAIRS = {"flir_aligned": {"train": 4129, "test": 1013}, "llvip": {"train": 12025, "test": 3463}}
 
 
 class PairedDetectionDataset(Dataset):
-    def __init__(self, items: Sequence[PairedItem], augment=None):
+    """Items as tensors. ``difficult`` (VOC's flag): ``ignore`` = not trained on, and marked ``iscrowd`` in
+    evaluation targets so COCO-style matching ignores them (as the VOC protocol does); ``keep`` = ordinary boxes;
+    ``drop`` = removed everywhere."""
+
+    def __init__(self, items: Sequence[PairedItem], augment=None, difficult: str = "ignore", evaluation: bool = False):
+        if difficult not in DIFFICULT:
+            raise ValueError(f"difficult must be one of {', '.join(DIFFICULT)}, got '{difficult}'")
         self.items = list(items)
         self.augment = augment
+        self.difficult, self.evaluation = difficult, evaluation
 
     def __len__(self) -> int:
         return len(self.items)
@@ -235,11 +255,17 @@ class PairedDetectionDataset(Dataset):
             if rgb.shape[1:] != ir.shape[1:]:
                 raise DatasetError(f"{it.ir} is {tuple(ir.shape[1:])} but its RGB pair {it.rgb} is {tuple(rgb.shape[1:])}")
             out["rgb"] = rgb
-        boxes = torch.from_numpy(it.ann.boxes.copy())
+        hard = it.ann.difficult
+        keep = ~hard if self.difficult == "drop" or (self.difficult == "ignore" and not self.evaluation) else \
+            np.ones(len(hard), dtype=bool)
+        boxes = torch.from_numpy(it.ann.boxes[keep].copy())
         if it.ann.size is None:  # no size in the file: clip to the image now
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ir.shape[2])
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, ir.shape[1])
-        out["target"] = {"boxes": boxes, "labels": torch.from_numpy(it.ann.labels.copy())}
+        out["target"] = {"boxes": boxes, "labels": torch.from_numpy(it.ann.labels[keep].copy())}
+        if self.evaluation:
+            crowd = hard[keep] if self.difficult == "ignore" else np.zeros(int(keep.sum()), dtype=bool)
+            out["target"]["iscrowd"] = torch.from_numpy(crowd.astype(np.int64))
         if self.augment is not None:
             out = self.augment(out)
         return out
@@ -282,16 +308,23 @@ class HorizontalFlip:
 
 
 class PairedDetectionDataModule(L.LightningDataModule):
-    """Official train split -> seeded train/val split (``val_ratio``); official test split -> test (no drops)."""
+    """Official train split -> seeded train/val split (``val_ratio``); official test split -> test (no drops).
+
+    Boxes without area are dropped and counted; an annotation file without an image (LLVIP ships some) is
+    counted and skipped unless ``strict``; ``difficult`` as in :class:`PairedDetectionDataset`.
+    """
 
     def __init__(self, root: str, format: str, class_map: Mapping[str, int], paired: bool = True,
                  val_ratio: float = 0.2, split_seed: int = 123, batch_size: int = 8, eval_batch_size: int | None = None,
                  num_workers: int = 0, min_area: float = 0.0, test_min_height: Mapping[int, float] | None = None,
                  hflip: float = 0.0, ann_file: Mapping[str, str] | None = None, ir_dir: str = "infrared",
-                 rgb_dir: str | None = "visible", limit: int | None = None):
+                 rgb_dir: str | None = "visible", limit: int | None = None, difficult: str = "ignore",
+                 strict: bool = False):
         super().__init__()
         if format not in ("flir_aligned", "llvip", "coco"):
             raise ValueError(f"format must be flir_aligned, llvip or coco, got '{format}'")
+        if difficult not in DIFFICULT:
+            raise ValueError(f"difficult must be one of {', '.join(DIFFICULT)}, got '{difficult}'")
         self.root, self.format, self.class_map, self.paired = Path(root), format, dict(class_map), paired
         self.val_ratio, self.split_seed = val_ratio, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -299,7 +332,16 @@ class PairedDetectionDataModule(L.LightningDataModule):
         self.test_min_height = {int(k): float(v) for k, v in (test_min_height or {}).items()}
         self.ann_file = dict(ann_file or {"train": "train.json", "test": "test.json"})
         self.ir_dir, self.rgb_dir = ir_dir, rgb_dir
+        self.difficult, self.strict = difficult, strict
+        self.summary = DataSummary(layout=f"{format} ({root})")
         self._ready = False
+
+    def _split_source(self, split: str) -> Path:
+        if self.format == "llvip":
+            return self.root / "infrared" / split
+        if self.format == "flir_aligned":
+            return self.root / {"train": "align_train.txt", "test": "align_validation.txt"}.get(split, f"align_{split}.txt")
+        return self.root / self.ann_file[split]
 
     def items(self, split: str) -> list[PairedItem]:
         if not self.root.is_dir():
@@ -311,40 +353,68 @@ class PairedDetectionDataModule(L.LightningDataModule):
         else:
             items = coco_items(self.root, self.ann_file[split], f"{self.ir_dir}/{split}",
                                f"{self.rgb_dir}/{split}" if self.paired and self.rgb_dir else None, self.class_map)
+        if not items:
+            raise DatasetError(f"{self._split_source(split)}: the {split} split of {self.format} is empty")
+        if split in OFFICIAL_PAIRS.get(self.format, {}) and not self.limit:
+            self.summary.expect(f"{split} pairs", OFFICIAL_PAIRS[self.format][split], len(items))
         if self.limit:
+            self.summary.note(f"{split}: only the first {self.limit} of {len(items)} items (limit={self.limit})")
             items = items[: self.limit]
-        dropped, clipped = sum(i.ann.dropped for i in items), sum(i.ann.clipped for i in items)
-        if dropped or clipped:
-            log.warning("%s %s: %d boxes of classes outside class_map dropped, %d boxes clipped to the image",
-                        self.root, split, dropped, clipped)
+        where = f"{self.root} {split}"
+        self.summary.drop("boxes of classes outside class_map (or COCO crowd regions)", sum(i.ann.dropped for i in items), where)
+        self.summary.drop("boxes without area (xmax <= xmin or ymax <= ymin)", sum(i.ann.degenerate for i in items), where)
+        clipped = sum(i.ann.clipped for i in items)
+        if clipped:
+            self.summary.note(f"{where}: {clipped} boxes clipped to the image")
+        hard = sum(int(i.ann.difficult.sum()) for i in items)
+        if hard:
+            self.summary.note(f"{where}: {hard} boxes marked difficult (difficult={self.difficult})")
+            self.summary.count(split, "difficult_boxes", hard)
         return items
 
     def _check_orphan_annotations(self, used: set[str]) -> None:
-        """LLVIP keeps one Annotations/ folder for both splits: an xml without an image is an error."""
+        """LLVIP keeps one Annotations/ folder for both splits; an xml without an image is counted and skipped
+        (an error with ``strict``)."""
         ann_dir = self.root / "Annotations"
         orphans = sorted(p for p in ann_dir.glob("*.xml") if p.stem not in used)
-        if orphans:
+        if orphans and self.strict:
             raise DatasetError(f"{orphans[0]}: annotation has no image in infrared/train or infrared/test "
-                               f"({len(orphans)} such files)")
+                               f"({len(orphans)} such files; strict=true)")
+        self.summary.drop("annotation files without an image", len(orphans), str(ann_dir))
+
+    def _filtered(self, items: list[PairedItem], reason: str, **kw) -> None:
+        before = sum(len(i.ann.labels) for i in items)
+        for it in items:
+            it.ann = filter_boxes(it.ann, **kw)
+        self.summary.drop(reason, before - sum(len(i.ann.labels) for i in items))
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
         train = self.items("train")
-        for it in train:
-            it.ann = filter_boxes(it.ann, self.min_area)
+        self._filtered(train, f"train boxes of area <= min_area ({self.min_area} px²)", min_area=self.min_area)
         perm = np.random.default_rng(self.split_seed).permutation(len(train))
         n_val = int(round(self.val_ratio * len(train)))
+        if self.val_ratio > 0 and n_val == 0:
+            raise DatasetError(f"{self._split_source('train')}: {len(train)} training items: val_ratio={self.val_ratio} "
+                               f"leaves no validation item; raise val_ratio")
         augment = HorizontalFlip(self.hflip, self.split_seed) if self.hflip > 0 else None
-        self.train_set = PairedDetectionDataset([train[i] for i in sorted(perm[n_val:])], augment)
-        self.val_set = PairedDetectionDataset([train[i] for i in sorted(perm[:n_val])])
+        self.train_set = PairedDetectionDataset([train[i] for i in sorted(perm[n_val:])], augment, self.difficult)
+        self.val_set = PairedDetectionDataset([train[i] for i in sorted(perm[:n_val])], None, self.difficult, True)
         test = self.items("test")
         if self.format == "llvip" and not self.limit:
             self._check_orphan_annotations({i.id for i in train} | {i.id for i in test})
-        for it in test:
-            it.ann = filter_boxes(it.ann, 0.0, self.test_min_height)
-        self.test_set = PairedDetectionDataset(test)
+        self._filtered(test, "test boxes below the per-class minimum height (test_min_height)",
+                       min_area=0.0, min_height=self.test_min_height)
+        self.test_set = PairedDetectionDataset(test, None, self.difficult, True)
+        for split, ds in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            self.summary.count(split, "pairs" if self.paired else "images", len(ds))
+            self.summary.count(split, "boxes", sum(len(i.ann.labels) for i in ds.items))
+            self.summary.count(split, "frames_without_objects", sum(len(i.ann.labels) == 0 for i in ds.items))
         self._ready = True
+
+    def data_summary(self) -> dict:
+        return {"format": self.format, "class_map": self.class_map, **self.summary.as_dict()}
 
     def _loader(self, ds, shuffle, bs) -> DataLoader:
         return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate,

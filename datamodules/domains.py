@@ -1,300 +1,45 @@
 """Multi-domain image classification (Office-31, Office-Home, PACS, DomainNet, VisDA-2017, your own).
 
-Two on-disk conventions are read, per domain:
-- ImageFolder: ``root/<domain>/<class>/<image>`` (also ``root/<domain>/images/<class>/`` as Office-31 ships);
-- list files: ``root/image_list/<domain>.txt`` with ``relative/path.jpg <label>`` lines (TLlib / Dassl /
-  SHOT); the label is the last token, so paths may contain spaces.
-Nothing is downloaded: a missing root raises an error naming the layout and where to get the data
-(see ``datamodules/README.md``).
+Per domain, the first layout found is read:
+- list files of the dataset's own distributions (``catalogue.py``: TLlib ``image_list/``, the official
+  DomainNet / PACS / VisDA lists, Dassl ``splits/``), with their official train / val / test splits;
+- an ImageFolder ``root/<domain>/<class>/<image>`` (also ``<domain>/images/``, ``kfold/<domain>``,
+  ``images/<domain>``).
+Class names come from the list files where labels do (the class folder of each listed path), else from the
+dataset's documented order, else from the sorted class folders; the summary says which. Nothing is
+downloaded: a missing root raises an error naming the layout and where to get the data (``datamodules/README.md``).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader
 from torchvision.transforms import v2 as T
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+from .catalogue import DESCRIPTORS, DatasetDescriptor, DomainSpec, ListLayout  # noqa: F401 (re-exported)
+from .errors import DatasetError, check_files_exist, read_json  # noqa: F401 (re-exported)
+from .imagelists import (IMAGE_EXTENSIONS, ImageDataset, ListEntry, class_names_of,  # noqa: F401
+                         parse_list_file, read_list_file, scan_image_folder)
+from .splits import known_classes, long_tail, sample_shots, stratified_split  # noqa: F401 (re-exported)
+from .summary import DataSummary
+
 README = "datamodules/README.md"
+IMAGE_DIRS = ("{domain}", "{domain}/images", "kfold/{domain}", "images/{domain}")
 
 
-class DatasetError(RuntimeError):
-    """A dataset on disk is missing or malformed; the message names the file and the problem."""
+@dataclass
+class DomainFiles:
+    """Where one domain's samples come from: list files per split, or an ImageFolder."""
 
-
-def read_json(path: str | Path, what: str = "file"):
-    """Parsed JSON; a missing or malformed file is a DatasetError naming it (``what``: annotation file, ...)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: {what} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-
-
-@dataclass(frozen=True)
-class DomainSpec:
-    name: str
-    aliases: tuple[str, ...] = ()
-
-    def spellings(self) -> tuple[str, ...]:
-        return (self.name, *self.aliases)
-
-
-@dataclass(frozen=True)
-class DatasetDescriptor:
-    name: str
-    domains: tuple[DomainSpec, ...]
-    classes: tuple[str, ...] | None = None  # None: the sorted class folders of the first domain found
-    list_files: dict[str, str] = field(default_factory=lambda: {"all": "image_list/{domain}.txt"})
-    label_offset: int = 0  # PACS lists count from 1
-    official_test_split: bool = False  # DomainNet ships train/test lists per domain
-    source: str = ""
-
-    def domain(self, name: str) -> DomainSpec:
-        if not self.domains:  # custom datasets: any folder name is a domain
-            return DomainSpec(name)
-        key = _norm(name)
-        for d in self.domains:
-            if key in {_norm(s) for s in d.spellings()}:
-                return d
-        valid = ", ".join(f"{d.name} ({'/'.join(d.aliases)})" if d.aliases else d.name for d in self.domains)
-        raise DatasetError(f"unknown domain '{name}' for dataset {self.name}; valid domains: {valid}")
-
-
-def _norm(s: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", s.lower())
-
-
-OFFICE31_CLASSES = (
-    "back_pack bike bike_helmet bookcase bottle calculator desk_chair desk_lamp desktop_computer file_cabinet "
-    "headphones keyboard laptop_computer letter_tray mobile_phone monitor mouse mug paper_notebook pen phone "
-    "printer projector punchers ring_binder ruler scissors speaker stapler tape_dispenser trash_can"
-).split()
-OFFICEHOME_CLASSES = (
-    "Alarm_Clock Backpack Batteries Bed Bike Bottle Bucket Calculator Calendar Candles Chair Clipboards Computer "
-    "Couch Curtains Desk_Lamp Drill Eraser Exit_Sign Fan File_Cabinet Flipflops Flowers Folder Fork Glasses Hammer "
-    "Helmet Kettle Keyboard Knives Lamp_Shade Laptop Marker Monitor Mop Mouse Mug Notebook Oven Pan Paper_Clip Pen "
-    "Pencil Postit_Notes Printer Push_Pin Radio Refrigerator Ruler Scissors Screwdriver Shelf Sink Sneakers Soda "
-    "Speaker Spoon TV Table Telephone ToothBrush Toys Trash_Can Webcam"
-).split()
-
-OFFICEHOME_CPR = (DomainSpec("Clipart", ("Cl", "C")), DomainSpec("Product", ("Pr", "P")),
-                  DomainSpec("Real_World", ("Real World", "RealWorld", "Rw", "R")))  # the RSUT benchmark drops Art
-VISDA_DOMAINS = (DomainSpec("Synthetic", ("train", "T", "syn")), DomainSpec("Real", ("validation", "V", "val")))
-VISDA_CLASSES = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle", "person", "plant",
-                 "skateboard", "train", "truck")
-
-DESCRIPTORS: dict[str, DatasetDescriptor] = {
-    "office31": DatasetDescriptor(
-        "office31",
-        (DomainSpec("amazon", ("A",)), DomainSpec("dslr", ("D",)), DomainSpec("webcam", ("W",))),
-        tuple(OFFICE31_CLASSES),
-        source="Office-31 (Saenko et al. 2010); TLlib's copy adds image_list/{amazon,dslr,webcam}.txt",
-    ),
-    "office_home": DatasetDescriptor(
-        "office_home",
-        (
-            DomainSpec("Art", ("Ar", "A")),
-            *OFFICEHOME_CPR,
-        ),
-        tuple(OFFICEHOME_CLASSES),
-        source="Office-Home (Venkateswara et al. 2017), OfficeHomeDataset_10072016",
-    ),
-    "pacs": DatasetDescriptor(
-        "pacs",
-        (
-            DomainSpec("art_painting", ("art", "A")),
-            DomainSpec("cartoon", ("C",)),
-            DomainSpec("photo", ("P",)),
-            DomainSpec("sketch", ("S",)),
-        ),
-        ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person"),
-        list_files={"all": "image_list/{domain}_all.txt"},
-        label_offset=1,
-        source="PACS (Li et al. 2017), the kfold/ images folder",
-    ),
-    "domainnet": DatasetDescriptor(
-        "domainnet",
-        tuple(DomainSpec(d, (d[0],)) for d in ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")),
-        None,
-        list_files={"train": "image_list/{domain}_train.txt", "test": "image_list/{domain}_test.txt"},
-        official_test_split=True,
-        source="DomainNet (Peng et al. 2019), cleaned version with {domain}_train.txt / {domain}_test.txt",
-    ),
-    "visda2017": DatasetDescriptor(
-        "visda2017",
-        VISDA_DOMAINS,
-        VISDA_CLASSES,
-        source="VisDA-2017 classification track (train/ and validation/ folders)",
-    ),
-    "vlcs": DatasetDescriptor(
-        "vlcs",
-        (DomainSpec("Caltech101", ("C",)), DomainSpec("LabelMe", ("L",)), DomainSpec("SUN09", ("S",)),
-         DomainSpec("VOC2007", ("V",))),
-        ("bird", "car", "chair", "dog", "person"),
-        source="VLCS (Fang et al. 2013), DomainBed layout VLCS/<domain>/<class>/",
-    ),
-    "terra_incognita": DatasetDescriptor(
-        "terra_incognita",
-        tuple(DomainSpec(f"location_{n}", (f"L{n}",)) for n in (100, 38, 43, 46)),
-        None,  # the class folders of the DomainBed copy
-        source="Terra Incognita (Beery et al. 2018), DomainBed layout terra_incognita/location_<n>/<class>/",
-    ),
-    "office_home_rsut": DatasetDescriptor(
-        "office_home_rsut",
-        OFFICEHOME_CPR,
-        tuple(OFFICEHOME_CLASSES),
-        list_files={"all": "{domain}_RS.txt"},  # reversely-unbalanced source lists; targets read {domain}_UT.txt
-        source="Office-Home RSUT lists (Tan et al., 'Class-imbalanced domain adaptation') over Office-Home images",
-    ),
-    "visda2017_rsut": DatasetDescriptor(
-        "visda2017_rsut",
-        VISDA_DOMAINS,
-        VISDA_CLASSES,
-        list_files={"all": "{domain}_RS.txt"},
-        source="VisDA-C RSUT lists (Tan et al.) over the VisDA-2017 images",
-    ),
-    "custom": DatasetDescriptor("custom", (), None, source="your own ImageFolder or list files"),
-}
-
-
-# ---------------------------------------------------------------------------------------------- readers
-def read_list_file(path: str | Path, root: str | Path, label_offset: int = 0,
-                   num_classes: int | None = None) -> list[tuple[Path, int]]:
-    """Parse ``relative/path.jpg <label>`` lines; a bad line raises naming the file and line number."""
-    path, root = Path(path), Path(root)
-    samples = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
-            raise DatasetError(f"{path}:{lineno}: expected '<image path> <integer label>', got {line!r}")
-        label = int(parts[1]) - label_offset
-        if label < 0 or (num_classes is not None and label >= num_classes):
-            raise DatasetError(
-                f"{path}:{lineno}: label {parts[1]} is outside 0..{(num_classes or 1) - 1} "
-                f"(label offset {label_offset})"
-            )
-        samples.append((root / parts[0].strip(), label))
-    if not samples:
-        raise DatasetError(f"{path}: list file has no samples")
-    return samples
-
-
-def scan_image_folder(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
-    index = {c: i for i, c in enumerate(classes)}
-    samples = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if sub.name not in index:
-            raise DatasetError(f"{sub}: class folder '{sub.name}' is not in the dataset's class list")
-        for f in sorted(sub.rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                samples.append((f, index[sub.name]))
-    if not samples:
-        raise DatasetError(f"{folder}: no images found (expected {folder}/<class>/<image>)")
-    return samples
-
-
-class ImageDataset(Dataset):
-    """(image, label, domain index) from a list of files; an unreadable image names its file."""
-
-    def __init__(self, samples: Sequence[tuple[Path, int]], domain: int, transform=None):
-        self.samples = list(samples)
-        self.domain = domain
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def labels(self) -> list[int]:
-        return [label for _, label in self.samples]
-
-    def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: image listed in the dataset does not exist") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DatasetError(f"{path}: not a readable image ({e})") from None
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label, self.domain
-
-
-# ------------------------------------------------------------------------------------- splits & shots
-def stratified_split(labels: Sequence[int], ratio: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices per class: ``round(ratio * n_c)`` of each class go to the second part."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    first, second = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n = int(round(ratio * len(idx)))
-        second += idx[:n].tolist()
-        first += idx[n:].tolist()
-    return sorted(first), sorted(second)
-
-
-def sample_shots(labels: Sequence[int], k: int, seed: int, class_names: Sequence[str] | None = None,
-                 n_val: int = 0) -> tuple[list[int], list[int]]:
-    """Exactly ``k`` training indices per class (+ ``n_val`` validation indices), same seed -> same picks."""
-    if k < 1:
-        raise ValueError(f"shots must be >= 1, got {k}")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    shots, val = [], []
-    for c in range(int(labels.max()) + 1 if len(labels) else 0):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < k + n_val:
-            name = class_names[c] if class_names else str(c)
-            raise DatasetError(
-                f"class '{name}' has {len(idx)} images, fewer than the {k} shots + {n_val} validation asked for"
-            )
-        idx = rng.permutation(idx)
-        shots += idx[:k].tolist()
-        val += idx[len(idx) - n_val:].tolist() if n_val else []
-    return shots, val
-
-
-def long_tail(labels: Sequence[int], imbalance: float, seed: int) -> list[int]:
-    """Seeded long-tailed subsample (label-shift scenario): classes in a seeded order keep
-    n_max * imbalance^(-rank / (C - 1)) images, so the rarest keeps 1/imbalance of the most frequent."""
-    if imbalance < 1:
-        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    classes = np.unique(labels)
-    order = rng.permutation(classes)
-    n_max = max(int((labels == c).sum()) for c in classes)
-    keep = []
-    for rank, c in enumerate(order):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n = max(1, int(round(n_max * imbalance ** (-rank / max(1, len(classes) - 1)))))
-        keep += idx[: min(n, len(idx))].tolist()
-    return sorted(keep)
-
-
-def known_classes(num_classes: int, num_known: int, seed: int = 2020) -> list[int]:
-    """The OOD/partial scenario's known classes: the first ``num_known`` of a permutation drawn with
-    NumPy ``RandomState(seed)`` (the paper's protocol, seed 2020)."""
-    if not 0 < num_known <= num_classes:
-        raise ValueError(f"num_known must be in 1..{num_classes}, got {num_known}")
-    return sorted(np.random.RandomState(seed).permutation(num_classes)[:num_known].tolist())
+    layout: str
+    lists: dict[str, Path] = field(default_factory=dict)
+    image_root: Path | None = None
+    folder: Path | None = None
 
 
 # --------------------------------------------------------------------------------------- data module
@@ -376,8 +121,12 @@ class DomainDataModule(KnownClassesMixin, L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_on_targets = val_on_targets
-        self._classes = tuple(classes) if classes else self.desc.classes
+        self._explicit_classes = tuple(classes) if classes else None
+        self._classes: tuple[str, ...] | None = None
         self.num_known, self.known_seed = num_known, known_seed
+        self._files: dict[str, DomainFiles] = {}
+        self._parsed: dict[Path, list[ListEntry]] = {}
+        self.summary = DataSummary()
         self._ready = False
 
     # -- discovery
@@ -390,60 +139,177 @@ class DomainDataModule(KnownClassesMixin, L.LightningDataModule):
                 f"see {README} for where to get the data."
             )
 
-    def _domain_dir(self, spec: DomainSpec) -> Path | None:
-        for s in spec.spellings():
-            d = self.root / s
-            if d.is_dir():
-                return d / "images" if (d / "images").is_dir() else d
+    def _domain_dir(self, spec: DomainSpec) -> tuple[Path, str] | tuple[None, None]:
+        for pattern in IMAGE_DIRS:
+            for s in spec.spellings():
+                d = self.root / pattern.format(domain=s)
+                if d.is_dir() and (pattern != "{domain}" or not (d / "images").is_dir()):
+                    return d, pattern
+        return None, None
+
+    def _find_lists(self, spec: DomainSpec) -> DomainFiles | None:
+        """The first list layout of the dataset with a file for this domain (spellings tried in order)."""
+        for lay in self.desc.list_layouts:
+            for s in spec.spellings():
+                lists = {split: self.root / pat.format(domain=s) for split, pat in lay.files.items()}
+                lists = {split: f for split, f in lists.items() if f.is_file()}
+                if lists:
+                    return DomainFiles(lay.name, lists, image_root=self.root / lay.image_root.format(domain=s))
         return None
 
-    def _list_file(self, spec: DomainSpec, split: str) -> Path | None:
-        pattern = self.desc.list_files.get(split)
-        if pattern is None:
-            return None
-        for s in spec.spellings():
-            f = self.root / pattern.format(domain=s)
-            if f.is_file():
-                return f
-        return None
+    def files(self, name: str) -> DomainFiles:
+        """How domain ``name`` is laid out on disk (cached); a protocol with official lists never falls back
+        to whole folders unless ``layout=imagefolder`` says so."""
+        spec = self.desc.domain(name)
+        if spec.name in self._files:
+            return self._files[spec.name]
+        self._check_root()
+        found = self._find_lists(spec) if self.layout in ("auto", "list") else None
+        if found is None:
+            expected = [lay.files[next(iter(lay.files))].format(domain=spec.name) for lay in self.desc.list_layouts]
+            if self.layout == "list" or (self.layout == "auto" and self.desc.official_split):
+                why = (f"{self.desc.name}'s protocol has official split lists; pass layout=imagefolder to use whole "
+                       f"folders instead (not the official protocol)" if self.layout == "auto" else "layout=list")
+                raise DatasetError(f"{self.root}: no list file for domain '{spec.name}' (looked for "
+                                   f"{', '.join(expected)}; {why}); see {README}")
+            d, pattern = self._domain_dir(spec)
+            if d is None:
+                raise DatasetError(f"{self.root}: domain '{spec.name}' not found (looked for folders "
+                                   f"{[p.format(domain=s) for p in IMAGE_DIRS[:2] for s in spec.spellings()]} and list "
+                                   f"files {expected}); see {README}")
+            found = DomainFiles(f"ImageFolder {pattern.replace('{domain}', '<domain>')}/<class>/<image>", folder=d)
+            if self.desc.official_split:
+                self.summary.note(f"{spec.name}: whole ImageFolder read (layout=imagefolder): not the official "
+                                  f"{self.desc.name} split")
+        self._files[spec.name] = found
+        return found
+
+    def _entries(self, name: str) -> dict[str, list[ListEntry]]:
+        """Parsed list files of a domain, per split (cached; one read per file)."""
+        f = self.files(name)
+        out = {}
+        for split, path in f.lists.items():
+            if path not in self._parsed:
+                self._parsed[path] = parse_list_file(path, f.image_root, self.desc.label_offset)
+            out[split] = self._parsed[path]
+        return out
 
     @property
     def all_classes(self) -> tuple[str, ...]:
         if self._classes is None:
-            for name in self.sources + self.targets:
-                d = self._domain_dir(self.desc.domain(name))
-                if d is not None:
-                    self._classes = tuple(sorted(p.name for p in d.iterdir() if p.is_dir()))
-                    break
-            else:
-                raise DatasetError(f"{self.root}: cannot infer the class list (no domain folder); pass classes=")
+            self._classes, self._class_source = self._infer_classes()
+            self.summary.classes = list(self._classes)
         return self._classes
 
-    def _known_only(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+    def _infer_classes(self) -> tuple[tuple[str, ...], str]:
+        names = self.domains_read()
+        lists = {p: e for n in names for p, e in zip(self.files(n).lists.values(), self._entries(n).values())}
+        if self._explicit_classes is not None:
+            listed = class_names_of(lists)
+            for label, folder in listed.items():
+                if label >= len(self._explicit_classes) or self._explicit_classes[label] != folder:
+                    given = self._explicit_classes[label] if label < len(self._explicit_classes) else "nothing"
+                    raise DatasetError(f"{self.root}: the list files give label {label} to class folder '{folder}', "
+                                       f"but classes= names it '{given}'")
+            return tuple(self._explicit_classes), "classes=" + (" (checked against the list files)" if lists else "")
+        if lists:
+            listed = class_names_of(lists)
+            n = max(len(self.desc.classes or ()), max(listed) + 1)
+            if len(listed) == n:
+                return tuple(listed[i] for i in range(n)), "list files (class folder of each listed path)"
+            for order in self.desc.list_orders:  # a documented order that agrees with every listed label
+                if len(order) == n and all(order[i] == f for i, f in listed.items()):
+                    self.summary.note(f"{n - len(listed)} labels appear in no list file read; their names come from "
+                                      f"the dataset's documented list order (consistent with the {len(listed)} listed)")
+                    return tuple(order), "list files + documented list order"
+            self.summary.note(f"{n - len(listed)} labels appear in no list file read and no documented order fits; "
+                              f"they are named unlisted_<label>")
+            return tuple(listed.get(i, f"unlisted_{i}") for i in range(n)), "list files (some labels unnamed)"
+        if self.desc.classes:
+            return tuple(self.desc.classes), f"the documented {self.desc.name} class order"
+        for name in names:
+            d = self.files(name).folder
+            if d is not None:
+                return tuple(sorted(p.name for p in d.iterdir() if p.is_dir())), f"sorted class folders of {d.name}"
+        raise DatasetError(f"{self.root}: cannot infer the class list (no domain folder); pass classes=")
+
+    def domains_read(self) -> list[str]:
+        return self.sources + self.targets
+
+    def read_domain(self, name: str, split: str = "all") -> list[tuple[Path, int]]:
+        """Samples of one domain: ``split`` = ``all`` (the whole domain), or ``train``/``val``/``test`` of its
+        official lists. Every file is checked to exist; the OOD subset (``num_known``) is applied."""
+        f = self.files(name)
+        n = len(self.all_classes)
+        if f.folder is not None:
+            if split != "all":
+                raise DatasetError(f"{f.folder}: an ImageFolder has no official '{split}' split")
+            samples, where = scan_image_folder(f.folder, self.all_classes), f.folder
+        else:
+            entries = self._entries(name)
+            if split == "all":
+                seen, picked = set(), []
+                for e in (e for es in entries.values() for e in es):
+                    if e.path not in seen:
+                        seen.add(e.path)
+                        picked.append(e)
+            elif split in entries:
+                picked = entries[split]
+            else:
+                raise DatasetError(f"{self.root}: domain '{name}' has no '{split}' list ({f.layout})")
+            bad = [e for e in picked if e.label >= n]
+            if bad:
+                raise DatasetError(f"{f.lists[split] if split in f.lists else self.root}:{bad[0].line}: label "
+                                   f"{bad[0].label + self.desc.label_offset} is outside 0..{n - 1} (label offset "
+                                   f"{self.desc.label_offset})")
+            known_bad = {str(f.image_root / k) for k in self.desc.known_bad}
+            kept = [e for e in picked if str(e.path) not in known_bad]
+            self.summary.drop("known corrupt file of the release", len(picked) - len(kept), where=name)
+            samples, where = [(e.path, e.label) for e in kept], f.lists.get(split, f.layout)
+            check_files_exist([p for p, _ in samples], "image", where)
+        if not samples:
+            raise DatasetError(f"{where}: domain '{name}' split '{split}' has no samples")
+        return self._known_only(samples, name)
+
+    def read_list(self, path: str | Path) -> list[tuple[Path, int]]:
+        """Another list file over this dataset's images (e.g. an RSUT ``<domain>_UT.txt``), checked against
+        the class names: a label whose listed class folder is another class is an error naming file:line."""
+        path, names = Path(path), self.all_classes
+        entries = parse_list_file(path, self.root, self.desc.label_offset)
+        for e in entries:
+            if e.label >= len(names) or names[e.label] != e.folder:
+                have = names[e.label] if e.label < len(names) else f"no class (0..{len(names) - 1})"
+                raise DatasetError(f"{path}:{e.line}: label {e.label + self.desc.label_offset} is class folder "
+                                   f"'{e.folder}' here, but {have} for this dataset")
+        check_files_exist([e.path for e in entries], "image", path)
+        return [(e.path, e.label) for e in entries]
+
+    def _known_only(self, samples: list[tuple[Path, int]], name: str = "") -> list[tuple[Path, int]]:
         if not self.num_known:
             return samples
         relabel = {c: i for i, c in enumerate(self.known)}
-        return [(p, relabel[y]) for p, y in samples if y in relabel]
+        kept = [(p, relabel[y]) for p, y in samples if y in relabel]
+        self.summary.drop(f"classes outside the {self.num_known} known (num_known)", len(samples) - len(kept), name)
+        return kept
 
-    def read_domain(self, name: str, split: str = "all") -> list[tuple[Path, int]]:
-        """Samples of one domain (``split`` is ``all``, or ``train``/``test`` where lists are official)."""
-        self._check_root()
-        spec = self.desc.domain(name)
-        list_split = split if self.desc.official_test_split else "all"
-        if self.layout in ("auto", "list"):
-            f = self._list_file(spec, list_split)
-            if f is not None:
-                return read_list_file(f, self.root, self.desc.label_offset, len(self.all_classes))
-            if self.layout == "list":
-                raise DatasetError(f"{self.root}: no list file for domain '{spec.name}' "
-                                   f"(expected {self.desc.list_files[list_split].format(domain=spec.name)})")
-        d = self._domain_dir(spec)
-        if d is None:
-            raise DatasetError(
-                f"{self.root}: domain '{spec.name}' not found (looked for folders {list(spec.spellings())} "
-                f"and list files); see {README}"
-            )
-        return scan_image_folder(d, self.all_classes)
+    def _source_splits(self, name: str) -> tuple[list, list]:
+        """Official train/val lists when the layout has both; else the train list (or the whole domain) split
+        per class by ``val_ratio``. An empty validation split is an error, not a crash after training."""
+        splits = self.files(name).lists
+        if "train" in splits and "val" in splits:
+            return self.read_domain(name, "train"), self.read_domain(name, "val")
+        samples = self.read_domain(name, "train" if "train" in splits else "all")
+        tr, va = stratified_split([y for _, y in samples], self.val_ratio, self.split_seed)
+        if not va and self.val_ratio > 0:
+            per_class = min(sum(1 for _, y in samples if y == c) for c in {y for _, y in samples})
+            raise DatasetError(f"source domain '{name}' ({self.files(name).layout}) has {len(samples)} images, as few "
+                               f"as {per_class} per class: val_ratio={self.val_ratio} rounds to no validation image. "
+                               f"Raise data.val_ratio, or use selection=last (no validation)")
+        return [samples[j] for j in tr], [samples[j] for j in va]
+
+    def _target_split(self, name: str) -> list:
+        """The official test list where the layout has one, else the whole domain."""
+        return self.read_domain(name, "test" if "test" in self.files(name).lists else "all")
 
     # -- Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -453,18 +319,40 @@ class DomainDataModule(KnownClassesMixin, L.LightningDataModule):
         eval_tf = build_transforms(self.image_size, self.mean, self.std, train=False)
         self.source_train, self.source_val = [], []
         for i, name in enumerate(self.sources):
-            split = "train" if self.desc.official_test_split else "all"
-            samples = self._known_only(self.read_domain(name, split))
-            tr, va = stratified_split([s[1] for s in samples], self.val_ratio, self.split_seed)
-            self.source_train.append(ImageDataset([samples[j] for j in tr], i, train_tf))
-            self.source_val.append(ImageDataset([samples[j] for j in va], i, eval_tf))
+            tr, va = self._source_splits(name)
+            self.source_train.append(ImageDataset(tr, i, train_tf))
+            self.source_val.append(ImageDataset(va, i, eval_tf))
+            self.summary.count("train", name, len(tr))
+            self.summary.count("val", name, len(va))
         self.target_test = {}
         for j, name in enumerate(self.targets):
-            split = "test" if self.desc.official_test_split else "all"
-            self.target_test[name] = ImageDataset(self._known_only(self.read_domain(name, split)),
-                                                 len(self.sources) + j, eval_tf)
+            samples = self._target_split(name)
+            self.target_test[name] = ImageDataset(samples, len(self.sources) + j, eval_tf)
+            self.summary.count("test", name, len(samples))
+        self._summarize_layout()
         self.eval_transform = eval_tf
         self._ready = True
+
+    def _summarize_layout(self) -> None:
+        s = self.summary
+        layouts = {n: self.files(n).layout for n in self.domains_read()}
+        s.layout = next(iter(layouts.values())) if len(set(layouts.values())) == 1 else \
+            "; ".join(f"{n}: {lay}" for n, lay in layouts.items())
+        s.classes = list(self.classes)
+        for name in self.domains_read():
+            if name in self.desc.counts:
+                s.expect(name, self.desc.counts[name], self._domain_size(name))
+
+    def _domain_size(self, name: str) -> int:
+        """Files of the whole domain as distributed (before any filtering), to compare with the release."""
+        f = self.files(name)
+        if f.folder is not None:
+            return len(scan_image_folder(f.folder, self.all_classes))
+        return len({e.path for es in self._entries(name).values() for e in es})
+
+    def data_summary(self) -> dict:
+        return {"dataset": self.desc.name, "class_source": getattr(self, "_class_source", None),
+                **self.summary.as_dict()}
 
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,

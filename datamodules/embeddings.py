@@ -113,6 +113,9 @@ class EmbeddingDataModule(L.LightningDataModule):
                 if f"{name}/test" not in self._splits:
                     self._splits[f"{name}/test"] = self.embed(f"{name}-test", self.domains.target_test[name])
 
+    def data_summary(self) -> dict:
+        return {**self.domains.data_summary(), "encoder": self.encoder.identity, "encoded_now": self.encoded}
+
     def split(self, name: str) -> TensorDataset:
         return self._splits[name]
 

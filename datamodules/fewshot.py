@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .domains import (DatasetError, DomainDataModule, ImageDataset, KnownClassesMixin, build_transforms, long_tail,
-                      read_list_file, sample_shots, stratified_split)
+                      sample_shots, stratified_split)
 from .samplers import eval_loader
 
 SCENARIOS = ("standard", "label_shift", "ood")
@@ -106,7 +106,7 @@ class FewShotTargetDataModule(KnownClassesMixin, L.LightningDataModule):
             f = self.domains.root / self.label_shift_list.format(domain=self.target)
             if not f.is_file():
                 raise DatasetError(f"{f}: label-shift list file for domain '{self.target}' does not exist")
-            return read_list_file(f, self.domains.root, self.domains.desc.label_offset, len(self.all_classes))
+            return self.domains.read_list(f)
         samples = self.domains.read_domain(self.target)
         if self.scenario == "label_shift":
             keep = long_tail([y for _, y in samples], self.imbalance, self.scenario_seed)
@@ -138,7 +138,23 @@ class FewShotTargetDataModule(KnownClassesMixin, L.LightningDataModule):
         pool = [samples[i] for i in rest]  # unknown classes included in the ood scenario
         self.pool_train = Unlabelled(ImageDataset(pool, domain, train_tf))
         self.pool_eval = Unlabelled(ImageDataset(pool, domain, eval_tf))
+        s = self.summary
+        s.layout = d.files(self.target).layout
+        s.classes = list(self.classes)
+        for split, n in (("shots", len(self.shot_set)), ("shot_val", len(self.val_set)), ("test", len(self.test_set)),
+                         ("unlabelled_pool", len(pool))):
+            s.count(split, self.target, n)
+        if self.target in d.desc.counts and self.scenario != "label_shift":
+            s.expect(self.target, d.desc.counts[self.target], d._domain_size(self.target))
         self._ready = True
+
+    @property
+    def summary(self):
+        return self.domains.summary  # one record: what the wrapped module read, then the protocol's splits
+
+    def data_summary(self) -> dict:
+        return {**self.domains.data_summary(), "scenario": self.scenario, "shots": self.shots,
+                "shot_seed": self.shot_seed}
 
     # -- loaders
     def _loader(self, ds, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:

@@ -24,16 +24,18 @@ import torch
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader
 
-from .domains import DatasetError, read_json
+from .errors import DatasetError, read_json
+from .summary import DataSummary
 
 
-def load_datalist(path: str | Path, key: str = "training") -> list[dict]:
-    """Cases with absolute paths; a missing file or a case without image/label is an error naming it."""
+def load_datalist(path: str | Path, key: str = "training", summary: DataSummary | None = None) -> list[dict]:
+    """Cases with absolute paths; a missing file or a case without image/label is an error naming it. Cases
+    without ``patient_id`` count as their own patient: said in ``summary`` (folds are then per case)."""
     path = Path(path)
     data = read_json(path, "datalist")
     if key not in data:
         raise DatasetError(f"{path}: no '{key}' list (Decathlon datalist format)")
-    cases, seen = [], set()
+    cases, seen, no_patient = [], set(), 0
     for i, entry in enumerate(data[key]):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise DatasetError(f"{path}: entry {i} needs 'image' and 'label'")
@@ -43,11 +45,17 @@ def load_datalist(path: str | Path, key: str = "training") -> list[dict]:
             if not Path(case[k]).exists():
                 raise DatasetError(f"{path}: entry {i} points at a missing {k} file {case[k]}")
         case.setdefault("case_id", Path(entry["image"]).name.split(".")[0])
+        no_patient += "patient_id" not in case
         case.setdefault("patient_id", case["case_id"])
         if case["case_id"] in seen:
             raise DatasetError(f"{path}: case_id '{case['case_id']}' appears twice")
         seen.add(case["case_id"])
         cases.append(case)
+    if no_patient:
+        (summary or DataSummary()).note(
+            f"{path}: {no_patient} of {len(cases)} cases have no 'patient_id', so each is its own patient and folds are "
+            f"per case: two scans of one patient could land in training and test. Add \"patient_id\": \"<id>\" to "
+            f"every entry of '{key}' and remake the folds")
     return cases
 
 
@@ -56,27 +64,51 @@ def check_pair(case: dict, atol: float = 1e-3) -> None:
     try:
         img, lab = nib.load(case["image"]), nib.load(case["label"])
     except Exception as e:  # nibabel raises several types for corrupt headers
-        raise DatasetError(f"case {case['case_id']}: cannot read NIfTI ({e})") from None
+        raise DatasetError(f"case {case['case_id']}: cannot read NIfTI header of {case['image']} or {case['label']} "
+                           f"({type(e).__name__}: {e})") from e
     if img.shape[:3] != lab.shape[:3]:
         raise DatasetError(f"case {case['case_id']}: image shape {img.shape} differs from label shape {lab.shape}")
     if not np.allclose(img.affine, lab.affine, atol=atol):
         raise DatasetError(f"case {case['case_id']}: image and label affines differ")
 
 
-def read_folds(path: str | Path, cases: Sequence[dict] | None = None) -> dict[str, int]:
-    """``{case_id: fold}`` from a fold file; every case of ``cases`` must be covered."""
+def read_folds(path: str | Path, cases: Sequence[dict] | None = None, datalist: str | Path | None = None,
+               summary: DataSummary | None = None) -> dict[str, int]:
+    """``{case_id: fold}`` from a fold file. With ``cases``: every case must be covered and no patient split
+    across folds; with ``datalist``: the file must have been made from that datalist (same sha256)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: fold file does not exist (make one: python -m transfer.folds make ...)") from None
+    data = read_json(path, "fold file (make one: python -m transfer.folds make ...)")
+    if not isinstance(data, dict) or not isinstance(data.get("folds"), dict):
+        raise DatasetError(f"{path}: not a fold file (expected a 'folds' mapping case_id -> fold)")
     folds = {k: int(v) for k, v in data["folds"].items()}
+    if datalist is not None:
+        want = data.get("datalist_sha256")
+        have = hashlib.sha256(Path(datalist).read_bytes()).hexdigest()
+        if want is None:
+            (summary or DataSummary()).note(f"{path}: no datalist checksum in the fold file; cannot verify it was made "
+                                            f"from {datalist}")
+        elif want != have:
+            raise DatasetError(f"{path}: made from another datalist (sha256 {want[:12]}…, {datalist} is {have[:12]}…); "
+                               f"remake it: python -m transfer.folds make datalist={datalist} ...")
     if cases is not None:
         missing = [c["case_id"] for c in cases if c["case_id"] not in folds]
         if missing:
             raise DatasetError(f"{path}: fold file does not cover {len(missing)} cases of the datalist "
                                f"(e.g. '{missing[0]}'); regenerate it or fix the datalist")
+        check_patients_grouped(cases, folds, str(path))
     return folds
+
+
+def check_patients_grouped(cases: Sequence[dict], folds: dict[str, int], where: str) -> None:
+    """All scans of a patient in one fold: a patient in two folds leaks into its own test set."""
+    seen: dict[str, tuple[int, str]] = {}
+    for c in cases:
+        fold, pid = folds[c["case_id"]], c["patient_id"]
+        if pid in seen and seen[pid][0] != fold:
+            raise DatasetError(f"{where}: patient '{pid}' is split across folds ({seen[pid][1]} in fold {seen[pid][0]}, "
+                               f"{c['case_id']} in fold {fold}): its scans would be in training and test. Make "
+                               f"per-patient folds: python -m transfer.folds make datalist=... (patient_id keys)")
+        seen.setdefault(pid, (fold, c["case_id"]))
 
 
 def lesion_volume_ml(label_path: str) -> float:
@@ -127,6 +159,25 @@ def write_folds(path: str | Path, datalist: str | Path, folds: dict[str, int], k
     os.replace(tmp, path)
 
 
+class LoadCased(T.MapTransform):
+    """MONAI's LoadImaged, whose errors name the case and the file and keep the reader's own error as cause."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.load = T.LoadImaged(keys, image_only=True)
+
+    def __call__(self, data):
+        try:
+            return self.load(data)
+        except Exception as e:
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            files = ", ".join(str(data[k]) for k in self.key_iterator(data))
+            raise DatasetError(f"case {data.get('case_id')}: cannot read its volumes ({files}): "
+                               f"{type(root).__name__}: {root}") from root
+
+
 class CheckBinaryLabeld(T.MapTransform):
     """Fail on label values other than {0, 1}, naming the case."""
 
@@ -142,7 +193,7 @@ class CheckBinaryLabeld(T.MapTransform):
 def build_transforms(train: bool, window: tuple[float, float], spacing: Sequence[float] | None,
                      roi: Sequence[int] | None, flip: float, elastic: float, spatial_dims: int = 3):
     keys = ["image", "label"]
-    ts = [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys), CheckBinaryLabeld("label"),
+    ts = [LoadCased(keys), T.EnsureChannelFirstd(keys), CheckBinaryLabeld("label"),
           T.Orientationd(keys, axcodes="RAS")]
     if spacing:
         ts.append(T.Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest")))
@@ -165,33 +216,41 @@ def _datalist_folds(datalist: str, cases: Sequence[dict]) -> dict[str, int]:
     if missing:
         raise DatasetError(f"{datalist}: case '{missing[0]}' has no 'fold' key and no fold file was given "
                            f"(python -m transfer.folds make ...)")
-    return {c["case_id"]: int(c["fold"]) for c in cases}
+    folds = {c["case_id"]: int(c["fold"]) for c in cases}
+    check_patients_grouped(cases, folds, f"{datalist} ('fold' keys)")
+    return folds
 
 
-def _named(error: BaseException) -> BaseException:
-    """MONAI wraps transform errors in 'applying transform ...'; surface ours, which name the case."""
+def _named(error: BaseException) -> BaseException | None:
+    """MONAI wraps transform errors in 'applying transform ...'; find ours, which name the case."""
     e: BaseException | None = error
     while e is not None:
         if isinstance(e, DatasetError):
             return e
         e = e.__cause__
-    return error
+    return None
 
 
 class CaseDataset(CacheDataset):
-    """A CacheDataset whose errors name the case (ours) instead of the transform."""
+    """A CacheDataset whose errors name the case (ours, with the reader's error as cause) instead of the transform."""
 
     def __init__(self, *args, **kwargs):
         try:
             super().__init__(*args, **kwargs)
         except RuntimeError as e:
-            raise _named(e) from None
+            ours = _named(e)
+            if ours is None:
+                raise
+            raise ours  # noqa: B904 (its cause, the reader's error, is kept)
 
     def __getitem__(self, index):
         try:
             return super().__getitem__(index)
         except RuntimeError as e:
-            raise _named(e) from None
+            ours = _named(e)
+            if ours is None:
+                raise
+            raise ours  # noqa: B904
 
 
 class VolumeDataModule(L.LightningDataModule):
@@ -208,6 +267,7 @@ class VolumeDataModule(L.LightningDataModule):
         self.window, self.spacing, self.roi = tuple(window), spacing, roi
         self.flip, self.elastic, self.train_on = flip, elastic, train_on
         self.batch_size, self.num_workers, self.cache_rate = batch_size, num_workers, cache_rate
+        self.summary = DataSummary()
         self._ready = False
 
     @property
@@ -218,13 +278,17 @@ class VolumeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        cases = load_datalist(self.datalist)
+        cases = load_datalist(self.datalist, summary=self.summary)
         for c in cases:
             check_pair(c)
         if self.train_on == "all":  # pre-training on a source set: no folds
             train, test = cases, []
+            self.summary.layout = f"Decathlon datalist {self.datalist} (all cases train; no folds)"
         else:
-            folds = read_folds(self.folds_file, cases) if self.folds_file else _datalist_folds(self.datalist, cases)
+            folds = (read_folds(self.folds_file, cases, self.datalist, self.summary) if self.folds_file
+                     else _datalist_folds(self.datalist, cases))
+            self.summary.layout = (f"Decathlon datalist {self.datalist} + fold file {self.folds_file}" if self.folds_file
+                                   else f"Decathlon datalist {self.datalist} with its own 'fold' keys")
             if self.fold not in set(folds.values()):
                 raise DatasetError(f"{self.folds_file}: no fold {self.fold} (folds {sorted(set(folds.values()))})")
             for c in cases:
@@ -235,7 +299,16 @@ class VolumeDataModule(L.LightningDataModule):
         self.train_set = CaseDataset(train, build_transforms(True, **kw), cache_rate=self.cache_rate, progress=False)
         self.test_set = CaseDataset(test, build_transforms(False, **kw), cache_rate=self.cache_rate, progress=False)
         self.test_cases = test
+        for split, part in (("train", train), ("test", test)):
+            self.summary.count(split, "cases", len(part))
+            self.summary.count(split, "patients", len({c["patient_id"] for c in part}))
+        if self.train_on != "all":
+            for f in sorted(set(folds.values())):
+                self.summary.count("folds", f"fold_{f}", sum(1 for c in cases if c["fold"] == f))
         self._ready = True
+
+    def data_summary(self) -> dict:
+        return {"fold": None if self.train_on == "all" else self.fold, **self.summary.as_dict()}
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)

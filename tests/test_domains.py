@@ -63,7 +63,8 @@ def test_missing_root_names_layout_and_readme(tmp_path):
 def test_image_that_is_not_an_image_names_the_file(officehome):
     bad = officehome / "Real World" / DESCRIPTORS["office_home"].classes[0] / "0.jpg"
     bad.write_text("this is not a jpeg")
-    dm = DomainDataModule(str(officehome), "office_home", sources=["Art"], targets=["Real_World"], image_size=8)
+    dm = DomainDataModule(str(officehome), "office_home", sources=["Art"], targets=["Real_World"], image_size=8,
+                          val_ratio=0.25)
     dm.setup()
     with pytest.raises(DatasetError, match=r"0\.jpg: not a readable image"):
         dm.target_test["Real_World"][0]
@@ -71,13 +72,18 @@ def test_image_that_is_not_an_image_names_the_file(officehome):
 
 def test_list_file_bad_line_names_file_and_line(tmp_path):
     f = tmp_path / "list.txt"
+    _img(tmp_path / "a/b c.jpg")
     f.write_text("a/b c.jpg 0\nbroken-line-without-label\n")
     with pytest.raises(DatasetError, match=r"list\.txt:2: expected '<image path> <integer label>'"):
+        read_list_file(f, tmp_path)
+    f.write_text("a/b.jpg 0\na/x.jpg 3 1\n")  # a third column is no path with a space: the file is not there
+    with pytest.raises(DatasetError, match=r"list\.txt:2: expected 2 columns .* got 3"):
         read_list_file(f, tmp_path)
     f.write_text("a.jpg 7\n")
     with pytest.raises(DatasetError, match=r"list\.txt:1: label 7 is outside 0\.\.2"):
         read_list_file(f, tmp_path, num_classes=3)
     f.write_text("with space/x y.jpg 1\n")
+    _img(tmp_path / "with space/x y.jpg")
     assert read_list_file(f, tmp_path)[0] == (tmp_path / "with space/x y.jpg", 1)
 
 
@@ -85,6 +91,7 @@ def test_pacs_lists_count_labels_from_one(tmp_path):
     f = tmp_path / "image_list" / "photo_all.txt"
     f.parent.mkdir()
     f.write_text("photo/dog/1.jpg 1\nphoto/person/2.jpg 7\n")
+    _img(tmp_path / "photo/dog/1.jpg"), _img(tmp_path / "photo/person/2.jpg")
     dm = DomainDataModule(str(tmp_path), "pacs", targets=["P"])
     assert [label for _, label in dm.read_domain("photo")] == [0, 6]
 
@@ -118,7 +125,7 @@ def test_source_domains_restricted_to_known_classes(tmp_path):
     from datamodules.domains import known_classes
 
     dm = SyntheticDomainDataModule(str(tmp_path), per_class=5, size=8, sources=["photo"], targets=["sketch"],
-                                   num_known=3)
+                                   num_known=3, val_ratio=0.2)
     dm.setup()
     names = ["circle", "square", "triangle", "cross", "star"]
     assert dm.classes == tuple(names[i] for i in known_classes(5, 3)) and dm.num_classes == 3

@@ -63,7 +63,8 @@ def test_flir_datamodule_split_and_items(flir, caplog):
     dm = PairedDetectionDataModule(str(flir), "flir_aligned", FLIR, val_ratio=0.2, split_seed=1, batch_size=2)
     with caplog.at_level(logging.WARNING):
         dm.setup()
-    assert "boxes of classes outside class_map dropped" in caplog.text and "clipped" in caplog.text
+    assert "dropped: boxes of classes outside class_map" in caplog.text and "clipped" in caplog.text
+    assert dm.data_summary()["dropped"]["boxes of classes outside class_map (or COCO crowd regions)"] == 6
     assert len(dm.train_set) == 4 and len(dm.val_set) == 1 and len(dm.test_set) == 1
     again = PairedDetectionDataModule(str(flir), "flir_aligned", FLIR, val_ratio=0.2, split_seed=1)
     again.setup()
@@ -86,7 +87,7 @@ def test_coco_reader_and_test_loader_keeps_every_image(tmp_path):
             _img(root / "infrared" / split / im["file_name"], mode="L")
     anns = read_coco_json(root / "test.json", {"person": 1})
     assert anns["test0.png"].boxes.tolist() == [[1, 2, 11, 22]] and anns["test0.png"].dropped == 1
-    dm = PairedDetectionDataModule(str(root), "coco", {"person": 1}, paired=False, eval_batch_size=2)
+    dm = PairedDetectionDataModule(str(root), "coco", {"person": 1}, paired=False, eval_batch_size=2, val_ratio=0.5)
     dm.setup()
     assert sum(len(b["target"]) for b in dm.test_dataloader()) == 5  # 5 images at batch 2: none dropped
 
@@ -105,8 +106,9 @@ def test_bad_detection_input_names_the_file(flir, tmp_path):
     _img(llvip / "infrared" / "train" / "a.jpg", mode="L")
     _img(llvip / "visible" / "train" / "a.jpg", size=(32, 32))
     _xml(llvip / "Annotations" / "a.xml", [("person", (1, 1, 5, 5))])
-    for d in ("infrared", "visible"):
-        (llvip / d / "test").mkdir(parents=True)
+    _img(llvip / "infrared" / "test" / "c.jpg", mode="L")
+    _img(llvip / "visible" / "test" / "c.jpg")
+    _xml(llvip / "Annotations" / "c.xml", [])
     dm = PairedDetectionDataModule(str(llvip), "llvip", {"person": 1}, val_ratio=0.0)
     dm.setup()
     with pytest.raises(DatasetError, match=r"a\.jpg is \(48, 64\) but its RGB pair .*a\.jpg is \(32, 32\)"):
@@ -173,8 +175,8 @@ def test_frozen_detector_keeps_params_and_buffers_and_passes_gradients_to_input(
 
 def test_metric_path_never_sees_targets(monkeypatch):
     """Faster R-CNN (and every detector) scores from a plain eval forward without targets."""
-    module = ModTrModule(detector={"name": "fasterrcnn", "num_classes": 4, "min_size": 32, "max_size": 32},
-                         translator={"name": "tiny_unet"})
+    module = ModTrModule(detector={"name": "fasterrcnn", "weights": "random", "num_classes": 4, "min_size": 32,
+                                   "max_size": 32}, translator={"name": "tiny_unet"})
     calls = []
     real = module.detector.detector.forward
 
@@ -322,10 +324,13 @@ def test_llvip_annotation_without_image_is_named(tmp_path):
         _img(root / "infrared" / split / f"{split}1.jpg", mode="L")
         _img(root / "visible" / split / f"{split}1.jpg")
         _xml(root / "Annotations" / f"{split}1.xml", [("person", (1, 1, 9, 9))])
-    PairedDetectionDataModule(str(root), "llvip", {"person": 1}).setup()
+    PairedDetectionDataModule(str(root), "llvip", {"person": 1}, val_ratio=0.0).setup()
     _xml(root / "Annotations" / "ghost.xml", [])
-    with pytest.raises(DatasetError, match=r"ghost\.xml: annotation has no image"):
-        PairedDetectionDataModule(str(root), "llvip", {"person": 1}).setup()
+    dm = PairedDetectionDataModule(str(root), "llvip", {"person": 1}, val_ratio=0.0)
+    dm.setup()  # LLVIP ships such files: counted and skipped
+    assert dm.data_summary()["dropped"] == {"annotation files without an image": 1}
+    with pytest.raises(DatasetError, match=r"ghost\.xml: annotation has no image.*strict"):
+        PairedDetectionDataModule(str(root), "llvip", {"person": 1}, val_ratio=0.0, strict=True).setup()
 
 
 def test_box_aware_flip_moves_boxes_with_both_modalities(flir):
@@ -358,9 +363,15 @@ def test_modtr_then_finetune_starts_from_a_trained_translator(tmp_path):
 
 def test_detect_cli_names_a_folder_without_images(tmp_path):
     (tmp_path / "empty").mkdir()
-    res = subprocess.run([sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--num-classes", "4",
-                          str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    detect = [sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--num-classes", "4"]
+    res = subprocess.run([*detect, "--detector-weights", "random", str(tmp_path / "empty")], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
     assert res.returncode != 0 and "empty: no images found" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--modality", "ir",
-                          str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run([*detect, "--detector-weights", "random", "--modality", "ir", str(tmp_path / "empty")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode != 0 and "--modality ir needs --translator" in res.stderr
+    res = subprocess.run([*detect, str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode != 0 and "--detector-weights" in res.stderr  # no silent random detector
+    res = subprocess.run([*detect, "--detector-weights", "random", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode != 0 and "nope: no such file or folder" in res.stderr and "Traceback" not in res.stderr

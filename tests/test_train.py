@@ -28,6 +28,8 @@ def test_toy_run_writes_records_config_and_checkpoints(trained):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "config_resolved.yaml").exists()
     assert (run_dir / "logs" / "metrics.csv").exists()
+    summary = json.loads((run_dir / "data_summary.json").read_text())  # what the run read, beside its results
+    assert summary["classes"] == ["circle", "square", "triangle", "cross", "star"] and summary["splits"]["test"]
     saved = _rows(run_dir)
     assert saved == json.loads(json.dumps(rows))
     test_rows = {r["target"]: r for r in saved if r["split"] == "test"}

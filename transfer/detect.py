@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m transfer.detect", description=__doc__.split("\n\n")[0])
     ap.add_argument("images", type=Path, help="a folder of images (or one image)")
     ap.add_argument("--detector", required=True, help="fcos | retinanet | fasterrcnn | tiny_fcos")
-    ap.add_argument("--detector-weights", help="registered weights name or file")
+    ap.add_argument("--detector-weights", required=True,
+                    help="registered weights name or file; 'random' for an untrained detector, on purpose")
     ap.add_argument("--num-classes", type=int, default=91)
     ap.add_argument("--modality", default="rgb", help="rgb (no translator) or the modality the translator serves")
     ap.add_argument("--translator", type=Path, help="translator artefact (.safetensors) for --modality")
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, default=0.0)
     ap.add_argument("--out", type=Path, default=Path("detections.json"))
     args = ap.parse_args(argv)
+    if not args.images.exists():
+        ap.error(f"{args.images}: no such file or folder")
 
     kwargs = {"size": 64} if args.detector == "tiny_fcos" else {}
     detector = FrozenDetector(create_detector(args.detector, args.detector_weights, args.num_classes, **kwargs))

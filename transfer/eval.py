@@ -10,6 +10,9 @@ from transfer.train import run
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    if not cfg.get("ckpt_path"):
+        raise SystemExit("python -m transfer.eval needs ckpt_path=PATH (the checkpoint to evaluate); without it the "
+                         "model would be scored at its initial weights")
     run(cfg)
 
 

@@ -10,13 +10,14 @@ lesion-volume bins (mL, from the label and its voxel spacing), so every fold see
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from datamodules.errors import DatasetError, read_json
+from datamodules.summary import DataSummary
 from datamodules.volumes import load_datalist, make_folds, write_folds
 
 
@@ -31,24 +32,42 @@ def _kv(argv: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("make", "show"):
         print(__doc__)
         return 2
     args = _kv(argv[1:])
     if argv[0] == "show":
-        doc = json.loads(Path(args["folds"]).read_text())
+        doc = read_json(args["folds"], "fold file")
         sizes = np.bincount(list(doc["folds"].values()))
         print(f"{doc['k']} folds (seed {doc['seed']}, stratify {doc['stratify']}): cases per fold {sizes.tolist()}")
         return 0
     unknown = set(args) - {"datalist", "k", "seed", "stratify", "bins", "out"}
     if unknown:
         raise SystemExit(f"unknown argument(s) {sorted(unknown)}; expected datalist, k, seed, stratify, bins, out")
-    cases = load_datalist(args["datalist"])
-    k, seed = int(args.get("k", 3)), int(args.get("seed", 0))
-    bins = [float(b) for b in args.get("bins", "0,25,50,100,225").split(",")]
+    if "datalist" not in args:
+        raise SystemExit("datalist=PATH is required")
+    try:
+        k, seed = int(args.get("k", 3)), int(args.get("seed", 0))
+        bins = [float(b) for b in args.get("bins", "0,25,50,100,225").split(",")]
+    except ValueError as e:
+        raise SystemExit(f"k and seed are integers, bins comma-separated numbers: {e}") from None
+    if k < 2:
+        raise SystemExit(f"k must be at least 2 (k folds: each is the test set once), got k={k}")
+    summary = DataSummary()
+    cases = load_datalist(args["datalist"], summary=summary)
     stratify = args.get("stratify")
-    folds = make_folds(cases, k, seed, stratify, bins)
+    try:
+        folds = make_folds(cases, k, seed, stratify, bins)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     out = args.get("out") or str(Path(args["datalist"]).with_name("folds.json"))
     write_folds(out, args["datalist"], folds, k, seed, stratify, cases)
     print(f"{len(cases)} cases of {len({c['patient_id'] for c in cases})} patients -> {k} folds "

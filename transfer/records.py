@@ -1,4 +1,4 @@
-"""Result records: one JSON line per evaluation, appended atomically to ``results.jsonl``.
+"""Result records: one JSON line per evaluation, appended under a lock to ``results.jsonl``.
 
 Methods log test metrics as ``<split>/<target>/<metric>`` (e.g. ``test/sketch/acc``) or, for the pooled
 source split, ``<split>/<metric>`` (e.g. ``val/acc``). :func:`rows_from_metrics` turns those keys into
@@ -10,36 +10,41 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+from transfer.stages import atomic_path, file_lock
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename, so readers never see half a file."""
+    """Write ``text`` to ``path`` through a temporary file + rename, so readers never see half a file (the file's
+    mode follows the umask, like any file the user creates)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def append_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]], replace: Sequence[str] | None = None) -> None:
+    """Append rows as whole lines under an exclusive lock (``fcntl``; safe with many processes, and on NFS
+    where the lock daemon runs). With ``replace`` (key names), existing rows equal to a new row on those keys are
+    dropped first, so a resumed or repeated evaluation never duplicates rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def append_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    path = Path(path)
-    old = path.read_text() if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    new = "".join(json.dumps(dict(r), sort_keys=True, default=_json_default) + "\n" for r in rows)
-    atomic_write_text(path, old + new)
+    new = [json.dumps(dict(r), sort_keys=True, default=_json_default) + "\n" for r in rows]
+    with file_lock(path):
+        if replace and path.exists():
+            keys = {tuple(json.loads(line).get(k) for k in replace) for line in new}
+            old = path.read_text().splitlines(keepends=True)
+            kept = [line for line in old if line.strip() and tuple(json.loads(line).get(k) for k in replace) not in keys]
+            if len(kept) != len(old):
+                atomic_write_text(path, "".join(kept) + "".join(new))
+                return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, "".join(new).encode())  # one write per call: whole lines, never interleaved
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

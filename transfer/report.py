@@ -1,7 +1,7 @@
 """``python -m transfer.report RUN_DIR [RUN_DIR ...] --out DIR``: the clinical comparison across methods.
 
-Collects every ``per_case.csv`` under the run folders (one per fold), pools the cases of each method (the
-folder above ``fold_i``, i.e. the variant), and writes ``report.md`` and ``report.csv`` (n, trainable
+Collects every ``per_case.csv`` under the run folders (one per fold, or one of a single-fold run), pools the
+cases of each method (named ``experiment/variant`` from the run's resolved config), and writes ``report.md`` and ``report.csv`` (n, trainable
 parameters, Dice mean ± SD, Dice per volume bin, HD95, predicted-vs-true volume regression),
 ``dice_by_volume.png`` (box plot) and ``volume_scatter.png``.
 """
@@ -11,39 +11,59 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from transfer.metrics.clinical import DEFAULT_BINS, bin_label, cases_from_csv, regression, summarize
-from transfer.records import atomic_write_text
+import yaml
+
+from transfer.records import atomic_write_text, read_jsonl
 
 
-def _method_of(path: Path, root: Path) -> str:
-    parent = path.parent
-    if parent.name.startswith("fold_"):
-        parent = parent.parent
-    rel = parent.relative_to(root) if parent != root else Path(root.name)
-    return str(rel) if str(rel) != "." else root.name
+def _run_name(folder: Path, root: Path) -> str:
+    """``experiment/variant`` from the run's resolved config (fold folders belong to their run), else the path."""
+    for d in (folder, *folder.parents):
+        cfg = d / "config_resolved.yaml"
+        if cfg.is_file():
+            c = yaml.safe_load(cfg.read_text()) or {}
+            name = c.get("experiment_name") or d.name
+            return f"{name}/{c['variant']}" if c.get("variant") else str(name)
+        if d == root:
+            break
+    rel = (folder.parent if folder.name.startswith("fold_") else folder).relative_to(root.parent)
+    return str(rel)
+
+
+def _case_files(root: Path) -> list[Path]:
+    """Every per_case.csv: one per fold, or one of a single-fold run. A run's pooled copy (written beside its
+    fold_* folders) is skipped, so no case counts twice."""
+    files = []
+    for f in sorted(root.rglob("per_case.csv")):
+        if any(f.parent.glob("fold_*/per_case.csv")):
+            continue
+        files.append(f)
+    return files
 
 
 def _trainable(root: Path) -> dict[str, float]:
+    """Trainable parameters per ``experiment/variant`` from the runs' results.jsonl rows."""
     out = {}
     for f in root.rglob("results.jsonl"):
-        for line in f.read_text().splitlines():
-            r = json.loads(line)
-            for k, v in r.get("metrics", {}).items():
-                if k == "trainable_params":
-                    out[r.get("variant") or f.parent.name] = v
+        for r in read_jsonl(f):
+            if "trainable_params" in r.get("metrics", {}):
+                name = f"{r['experiment']}/{r['variant']}" if r.get("variant") else str(r.get("experiment"))
+                out[name] = r["metrics"]["trainable_params"]
     return out
 
 
 def collect(roots: Sequence[Path]) -> dict[str, list]:
     methods: dict[str, list] = defaultdict(list)
     for root in roots:
-        for f in sorted(root.rglob("fold_*/per_case.csv")):
-            methods[_method_of(f, root)] += cases_from_csv(f.read_text())
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: run folder does not exist")
+        for f in _case_files(root):
+            methods[_run_name(f.parent, root)] += cases_from_csv(f.read_text())
     return dict(methods)
 
 
@@ -51,7 +71,8 @@ def build_report(roots: Sequence[str | Path], out: str | Path, bins: Sequence[fl
     roots, out = [Path(r) for r in roots], Path(out)
     methods = collect(roots)
     if not methods:
-        raise FileNotFoundError(f"no fold_*/per_case.csv under {', '.join(map(str, roots))}")
+        raise FileNotFoundError(f"no per_case.csv under {', '.join(map(str, roots))} (segmentation runs write one "
+                                f"per fold when tested)")
     params = {k: v for r in roots for k, v in _trainable(r).items()}
     bin_names = [bin_label(i, bins) for i in range(len(bins) - 1)]
     header = ["method", "cases", "trainable", "dice", "dice_sd", *[f"dice {b}" for b in bin_names], "hd95_mm",
@@ -124,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("report"))
     ap.add_argument("--bins", default=",".join(f"{b:g}" for b in DEFAULT_BINS), help="volume bin edges in mL")
     args = ap.parse_args(argv)
-    print(build_report(args.runs, args.out, [float(b) for b in args.bins.split(",")]))
+    try:
+        report = build_report(args.runs, args.out, [float(b) for b in args.bins.split(",")])
+    except FileNotFoundError as e:
+        ap.error(str(e))
+    print(report)
     print(f"-> {args.out}/report.md, report.csv, dice_by_volume.png, volume_scatter.png")
     return 0
 

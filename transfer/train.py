@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer import experiments
+from transfer.data import DataSummaryWriter
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
 
 log = logging.getLogger("transfer")
@@ -39,6 +40,7 @@ def build(cfg: DictConfig):
     if cfg.selection.get("monitor") is None:  # nothing to select on: the last checkpoint is the selected one
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is None
                                                   and c.filename != "last")]
+    callbacks.append(DataSummaryWriter(Path(cfg.paths.output_dir) / "data_summary.json"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -74,6 +76,9 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
         "git_commit": git_commit(),
         "run_dir": str(Path(cfg.paths.output_dir).resolve()),
     }
+    random_init = [n or type(model).__name__ for n, m in model.named_modules() if getattr(m, "random_init", False)]
+    if random_init:
+        base["random_init"] = random_init  # weights=random, asked for: the rows say so
     pooled = getattr(model, "pooled_val_target", "source")  # what un-targeted val keys (val/acc) describe
     rows = rows_from_metrics(metrics, split="val", base=base, pooled_target=pooled)
     rows += rows_from_metrics(metrics, split="test", base=base, pooled_target="all_targets")

@@ -33,6 +33,24 @@ class WeightsEntry:
     source: str | None = None
 
 
+RANDOM = "random"  # weights=random: a random initialisation, asked for explicitly and recorded in result rows
+
+
+def random_init_requested(what: str, name: str, weights: str | None, pretrained_only: bool = True) -> bool:
+    """True for ``weights=random``. A model that only makes sense pretrained (``pretrained_only``) and gets no
+    weights is an error: silently training on a random backbone gives numbers that look real and are not."""
+    if weights == RANDOM:
+        import logging
+
+        logging.getLogger("transfer").warning("%s '%s' starts from a RANDOM initialisation (weights=random)", what, name)
+        return True
+    if not weights and pretrained_only:
+        raise WeightsError(f"{what} '{name}' is a pretrained model but no weights were given: set its weights to a "
+                           f"registered name (python -m transfer.weights list) or a file, or to '{RANDOM}' to train "
+                           f"from a random initialisation on purpose")
+    return False
+
+
 def weights_dir() -> Path:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])

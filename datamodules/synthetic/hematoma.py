@@ -108,6 +108,7 @@ class SyntheticHematomaDataModule(VolumeDataModule):
         self.k, self.fold_seed, self.stratify = k, fold_seed, stratify
         super().__init__(datalist=str(root / "datalist_target.json"),
                          folds_file=str(root / f"folds_k{k}_seed{fold_seed}_{stratify or 'none'}.json"), **kwargs)
+        self.summary.compare_official = False  # generated in a real layout, not the release
         self.root = root
         self.source_datalist = str(root / "datalist_source.json")
 

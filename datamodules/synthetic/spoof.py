@@ -177,6 +177,7 @@ class SyntheticSpoofDataModule(SpoofDataModule):
         tests = {"eval": proto("eval"), "ood_attacks": proto("ood"), "wild": {"format": "in_the_wild", "root": str(root / "wild")}}
         kwargs.setdefault("length", int(sr * seconds))
         super().__init__(train=proto("train"), dev=proto("dev"), tests=tests, sample_rate=sr, **kwargs)
+        self.summary.compare_official = False  # generated in a real layout, not the release
         self.root = root
 
     def prepare_data(self) -> None:

@@ -8,6 +8,8 @@ settings or base weight shapes differ from the model's, naming the module.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -49,9 +51,14 @@ def save_adapters(model: nn.Module, folder: str | Path, config: AdapterConfig | 
     meta = {"format": FORMAT, "config": config.to_dict() if config else None,
             "modules": {n: _layer_spec(layer) for n, layer in layers.items()}}
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    tmp = folder / (TENSORS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"transfer": json.dumps(meta)})
-    tmp.replace(folder / TENSORS)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{TENSORS}.", suffix=".tmp")  # unique: no two writers share it
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"transfer": json.dumps(meta)})
+        os.replace(tmp, folder / TENSORS)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     (folder / CONFIG).write_text(json.dumps(meta, indent=1))
     return folder
 

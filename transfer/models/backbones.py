@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import timm
 import torch
 import torchvision
 from torch import nn
 
 from transfer.weights import WeightsError, load_state_dict, resolve
+
+log = logging.getLogger("transfer")
 
 
 def _build(name: str, num_classes: int, **kwargs) -> nn.Module:
@@ -28,25 +32,54 @@ def load_pretrained(model: nn.Module, weights: str, *, skip_mismatched_head: boo
     path = resolve(weights)
     state = load_state_dict(path)
     own = model.state_dict()
+    head = _head_keys(model)
     skipped, bad = [], []
     for key, value in list(state.items()):
         if key not in own:
             continue
         if own[key].shape != value.shape:
-            if skip_mismatched_head:
+            if skip_mismatched_head and key in head:
                 skipped.append(key)
                 state.pop(key)
             else:
                 bad.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    prefixes = _head_prefixes(model)
+    dropped = [k for k in state if k not in own and k.startswith(prefixes)]  # the file's head, on a headless model
+    for k in dropped:
+        state.pop(k)
     unexpected = [k for k in state if k not in own]
-    if bad or len(missing) > len(skipped) + 2 or unexpected:
+    not_head = [k for k in missing if k not in head]
+    if bad or not_head or unexpected:
         raise WeightsError(
-            f"{path} does not fit {type(model).__name__}: {len(missing)} missing, {len(unexpected)} unexpected "
-            f"tensors (e.g. missing {missing[:3]}, unexpected {unexpected[:3]}) {bad[:3]}"
+            f"{path} does not fit {type(model).__name__}: {len(not_head)} missing tensors outside the classifier head "
+            f"{not_head[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(bad)} of another shape {bad[:3]}"
         )
     model.load_state_dict(state, strict=False)
+    if missing:
+        log.warning("%s: classifier head %s left at its initial values (not in the file, or for another number of classes)", path, missing)
+    if dropped:
+        log.info("%s: the file's classifier head %s is not used (the model has no head of that shape)", path, dropped)
     return missing
+
+
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    names = [named] if isinstance(named, str) else list(named or [])
+    return tuple(f"{n}." for n in names or ["fc", "classifier", "head"])
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier head (timm ``get_classifier``, or torchvision's ``fc``/``classifier``)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        head = getattr(model, "fc", None) or getattr(model, "classifier", None) or getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        return set()
+    ids = {id(m) for m in head.modules()}
+    return {f"{n}.{k}" if n else k for n, m in model.named_modules() if id(m) in ids
+            for k, _ in m.named_parameters(recurse=False)} | \
+        {f"{n}.{k}" for n, m in model.named_modules() if id(m) in ids for k, _ in m.named_buffers(recurse=False)}
 
 
 def create_classifier(name: str, num_classes: int, pretrained: bool | str | None = None, **kwargs) -> nn.Module:

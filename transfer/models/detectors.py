@@ -20,7 +20,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from transfer.weights import load_state_dict, resolve
+from transfer.weights import load_state_dict, random_init_requested, resolve
 
 TORCHVISION = {
     "fcos": torchvision.models.detection.fcos_resnet50_fpn,
@@ -79,7 +79,8 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 def create_detector(name: str, weights: str | None = None, num_classes: int = 91, **kwargs: Any) -> nn.Module:
     """``name``: fcos | retinanet | fasterrcnn (ResNet-50 FPN, COCO head of 91 classes) | tiny_fcos.
-    ``weights``: a registered name (e.g. ``fcos_resnet50_fpn.coco``) or a file; never downloaded."""
+    ``weights``: a registered name (e.g. ``fcos_resnet50_fpn.coco``) or a file, never downloaded; ``random`` for a
+    random init on purpose (the COCO detectors refuse to start without weights)."""
     if name == "tiny_fcos":
         model = tiny_fcos(num_classes=num_classes, **kwargs)
     elif name in TORCHVISION:
@@ -87,7 +88,9 @@ def create_detector(name: str, weights: str | None = None, num_classes: int = 91
     else:
         raise ValueError(f"unknown detector '{name}'; known: {', '.join([*TORCHVISION, 'tiny_fcos'])}")
     freeze_batchnorm(model)
-    if weights:
+    if random_init_requested("detector", name, weights, pretrained_only=name != "tiny_fcos"):
+        model.random_init = True
+    elif weights:
         path = resolve(weights)
         load_detector_weights(model, load_state_dict(path), str(path))
     return model

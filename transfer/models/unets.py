@@ -4,6 +4,7 @@ adapters can target: MONAI's UNet, and a port of the SAH study's "multi-view" ne
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -25,6 +26,10 @@ class GroupedUNet(UNet):
             dec.append(f"{prefix}.2")
             prefix, node = f"{prefix}.1.submodule", node[1].submodule
         return {"shallow": [enc[0], dec[0]], "encoding": enc, "deep": [prefix, dec[-1]], "decoding": dec}
+
+    @property
+    def size_divisor(self) -> int:
+        return int(math.prod(self.strides))
 
 
 def _conv(spatial_dims: int, i: int, o: int, k: int = 3, dilation: int = 1) -> nn.Module:
@@ -95,10 +100,27 @@ class MVNet(nn.Module):
         return self.m3(h)
 
     @property
+    def size_divisor(self) -> int:
+        return 2 ** len(self.downs)
+
+    @property
     def adapter_groups(self) -> dict[str, list[str]]:
         n = len(self.downs)
         return {"shallow": ["m1", "m3"], "encoding": ["m1"] + [f"downs.{i}.m1" for i in range(n)],
                 "deep": [f"downs.{n - 1}.m1", "ups.0.m1"], "decoding": [f"ups.{i}.m1" for i in range(n)] + ["m3"]}
+
+
+def forward_any_size(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` for any spatial size: zero-padded (centred) up to a multiple of the network's down-sampling
+    factor, the output cropped back. A whole CT volume of 47x49x11 voxels is as valid as 48x48x16."""
+    k = getattr(net, "size_divisor", 1)
+    spatial = x.shape[2:]
+    pad = [(-s) % k for s in spatial]
+    if not any(pad):
+        return net(x)
+    widths = [w for p in reversed(pad) for w in (p // 2, p - p // 2)]  # F.pad: last dimension first
+    y = net(F.pad(x, widths))
+    return y[(..., *(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial)))]
 
 
 def create_segmentation_net(name: str = "unet", spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1,

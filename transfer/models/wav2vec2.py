@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
-from transfer.weights import load_state_dict, resolve
+from transfer.weights import load_state_dict, random_init_requested, resolve
 
 _LARGE_EXTRACTOR = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 CONFIGS = {
@@ -105,10 +105,14 @@ def load_fairseq(path) -> dict[str, torch.Tensor]:
 
 
 def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module:
+    """``weights``: a registered name or file; ``random`` for a random init on purpose. Every size but ``tiny``
+    (the toys' backbone) is a pretrained model and refuses to start without weights."""
     if name not in CONFIGS:
         raise ValueError(f"unknown wav2vec2 '{name}'; known: {', '.join(CONFIGS)}")
     model = wav2vec2_model(**CONFIGS[name], aux_num_out=None)
-    if weights:
+    if random_init_requested("wav2vec2 backbone", name, weights, pretrained_only=name != "tiny"):
+        model.random_init = True
+    elif weights:
         path = resolve(weights)
         state = load_fairseq(path) if str(path).endswith(".pt") and _is_fairseq(path) else load_state_dict(path)
         if any(k.startswith(("wav2vec2.", "feature_projection.")) or ".parametrizations." in k for k in state):

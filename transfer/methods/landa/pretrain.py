@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from datamodules.domains import ImageDataset, build_transforms, scan_image_folder
 from datamodules.synthetic import cache_key
 from datamodules.synthetic.domains import generate_domains
+from transfer.stages import cached_stage
 
 TEMPLATES = {
     "both": ("{style} of a {shape}", "a {shape}, {style}", "{style} showing a {shape}"),
@@ -37,8 +37,10 @@ def pretrain_key(spec: dict[str, Any], model_name: str) -> str:
 def pretrain_clip(encoder, spec: dict[str, Any]) -> Path:
     """Train ``encoder.model`` (an open_clip model) once per settings; returns the cached safetensors file."""
     path = Path(spec["cache_dir"]) / f"clip-{encoder.name}-{pretrain_key(spec, encoder.name)}.safetensors"
-    if path.exists():
-        return path
+    return cached_stage(path, lambda: _train_clip(encoder, spec))
+
+
+def _train_clip(encoder, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
     styles: dict[str, str] = spec["styles"]  # folder name -> words used in captions ("infrared" -> "an infrared photo")
     classes = list(spec["classes"])
     root = generate_domains(Path(spec["cache_dir"]) / f"clip-pretrain-images-{pretrain_key(spec, 'data')}",
@@ -92,8 +94,4 @@ def pretrain_clip(encoder, spec: dict[str, Any]) -> Path:
         sched.step()
     model.requires_grad_(False)
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    return path
+    return model.state_dict()

@@ -23,6 +23,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
+from transfer.stages import cached_stage
 from transfer.models.detectors import FrozenDetector, create_detector, load_detector_weights
 from transfer.models.translators import create_translator
 
@@ -96,16 +97,13 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         key_src = json.dumps({"detector": self.hparams.detector, "pretrain": {k: v for k, v in spec.items() if k != "cache_dir"},
                               "data": str(getattr(datamodule, "root", ""))}, sort_keys=True)
         path = cache / f"{self.hparams.detector['name']}-rgb-{hashlib.sha1(key_src.encode()).hexdigest()[:12]}.safetensors"
-        if not path.exists():
-            self._pretrain_detector(datamodule, spec, path)
+        cached_stage(path, lambda: self._pretrain_detector(datamodule, spec))
         from safetensors.torch import load_file
 
         load_detector_weights(self.detector.detector, load_file(str(path)), str(path))
         self.detector_hash = self.detector.weights_hash()
 
-    def _pretrain_detector(self, datamodule, spec: dict, path: Path) -> None:
-        from safetensors.torch import save_file
-
+    def _pretrain_detector(self, datamodule, spec: dict) -> dict[str, torch.Tensor]:
         L.seed_everything(spec.get("seed", 0), verbose=False)
         stage = ModTrModule(detector=self.hparams.detector, translator={"name": "identity"}, train_detector="full",
                             input_modality="rgb", lr=spec["lr"], weight_decay=spec.get("weight_decay", 1e-4),
@@ -115,10 +113,7 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
                             gradient_clip_val=spec.get("clip", 10.0), limit_val_batches=0, num_sanity_val_steps=0)
         datamodule.setup("fit")
         trainer.fit(stage, train_dataloaders=datamodule.train_dataloader())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in stage.detector.detector.state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        return stage.detector.detector.state_dict()
 
     # -- steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ from typing import Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from transfer.stages import save_tensors
 from transfer.models.detectors import FrozenDetector
 
 from .baselines import IdentityTranslator
@@ -28,15 +29,9 @@ class TranslatorMismatchError(RuntimeError):
 
 def save_translator(module, path: str | Path) -> Path:
     """Write the translator of a trained :class:`ModTrModule` with its detector's name and hash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "translator": dict(module.hparams.translator),
             "detector": {"name": module.hparams.detector["name"], "hash": module.detector_hash}}
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in module.translator.state_dict().items()}, str(tmp),
-              metadata={"transfer": json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    return save_tensors(module.translator.state_dict(), path, {"transfer": json.dumps(meta)})
 
 
 def read_translator_meta(path: str | Path) -> dict:

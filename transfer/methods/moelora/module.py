@@ -26,6 +26,7 @@ from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
 from transfer.models.wav2vec2 import SpoofClassifier
 from transfer.records import atomic_write_text
+from transfer.stages import cached_stage
 from transfer.weights import load_state_dict
 
 MODES = ("full", "head", "lora", "moe")
@@ -65,13 +66,10 @@ class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
         key = json.dumps({"backbone": self.hparams.backbone, "spec": {k: v for k, v in spec.items() if k != "cache_dir"}},
                          sort_keys=True)
         path = Path(spec["cache_dir"]) / f"wav2vec2-pretext-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
-        if not path.exists():
-            self._pretext(spec, path, datamodule.sample_rate, datamodule.length)
+        cached_stage(path, lambda: self._pretext(spec, datamodule.sample_rate, datamodule.length))
         load_base_weights(self.net.backbone, load_state_dict(path), str(path))
 
-    def _pretext(self, spec: dict, path: Path, sr: int, length: int) -> None:
-        from safetensors.torch import save_file
-
+    def _pretext(self, spec: dict, sr: int, length: int) -> dict[str, torch.Tensor]:
         from datamodules.synthetic.spoof import PRETEXT, pretext_set
 
         L.seed_everything(spec.get("seed", 0), verbose=False)
@@ -83,10 +81,7 @@ class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
         stage = _Pretext(model, spec.get("lr", 1e-3))
         L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                   enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False).fit(stage, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        return model.backbone.state_dict()
 
     # -- training
     def forward(self, wav: torch.Tensor) -> torch.Tensor:

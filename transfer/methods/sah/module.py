@@ -25,8 +25,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject, load_base_weights
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
-from transfer.models.unets import create_segmentation_net
+from transfer.models.unets import create_segmentation_net, forward_any_size
 from transfer.records import atomic_write_text
+from transfer.stages import cached_stage
 from transfer.weights import load_state_dict
 
 ADAPTER_KINDS = tuple(k for k in PAPER_NAMES if k not in ("lora", "dora"))
@@ -117,13 +118,10 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
         key = json.dumps({"net": self.hparams.net, "spec": {k: v for k, v in spec.items() if k != "cache_dir"},
                           "data": str(datalist)}, sort_keys=True)
         path = Path(spec["cache_dir"]) / f"seg-pretrained-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
-        if not path.exists():
-            self._pretrain(datamodule, datalist, spec, path)
+        cached_stage(path, lambda: self._pretrain(datamodule, datalist, spec))
         load_base_weights(self.net, load_state_dict(path), str(path))
 
-    def _pretrain(self, datamodule, datalist, spec: dict, path: Path) -> None:
-        from safetensors.torch import save_file
-
+    def _pretrain(self, datamodule, datalist, spec: dict) -> dict[str, torch.Tensor]:
         from datamodules.volumes import VolumeDataModule
 
         L.seed_everything(spec.get("seed", 0), verbose=False)
@@ -133,17 +131,14 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
         trainer = L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
         trainer.fit(stage, datamodule=data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in stage.net.state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        return stage.net.state_dict()
 
     # -- steps
     def forward(self, x):
-        return self.net(x)
+        return forward_any_size(self.net, x)
 
     def training_step(self, batch, batch_idx):
-        logits = self.net(batch["image"])
+        logits = self(batch["image"])
         target = batch["label"]
         loss = soft_dice_loss(logits, target) if self.hparams.loss == "softdice" else self.dicece(logits, target)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(target))
@@ -152,9 +147,9 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
     def _probabilities(self, image: torch.Tensor) -> torch.Tensor:
         roi = self.hparams.sw_roi
         if roi:
-            logits = sliding_window_inference(image, roi, 1, self.net, overlap=self.hparams.sw_overlap, mode="gaussian")
+            logits = sliding_window_inference(image, roi, 1, self, overlap=self.hparams.sw_overlap, mode="gaussian")
         else:
-            logits = self.net(image)
+            logits = self(image)
         return torch.sigmoid(logits)
 
     def on_test_epoch_start(self) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from transfer.checkpoints import IncompatibleCheckpointError, check_compatible
+from transfer.stages import save_tensors
 from transfer.methods.source_only import SourceOnlyClassifier
 
 from .network import SHOTNet
@@ -24,12 +24,8 @@ class MissingSourceModelError(FileNotFoundError):
 
 
 def save_source_model(net: SHOTNet, path: str | Path, backbone: str, bottleneck: int, classes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": backbone, "bottleneck": str(bottleneck), "classes": json.dumps(list(classes))}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_tensors(net.state_dict(), path, meta)
 
 
 def source_model_info(path: str | Path) -> dict:

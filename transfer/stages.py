@@ -1,0 +1,82 @@
+"""Expensive stages cached on disk (a toy's pre-trained detector, a pretext backbone, a tiny CLIP, a source model).
+
+One way for all of them: the file is built under an exclusive lock (``fcntl``) by the first process that needs it;
+others wait and then read it (first writer wins). Files are written to a unique temporary name in the destination
+folder and renamed into place, so no reader ever sees half a file and two writers never share a temporary file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import torch
+
+
+def stage_key(settings: Mapping) -> str:
+    """A short stable hash of the settings that decide a stage's output."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` + ``.lock`` (blocks until it is free)."""
+    lock = Path(str(path) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A unique temporary path beside ``path``; renamed to ``path`` when the block succeeds, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def cached_stage(path: str | Path, build: Callable[[], Mapping[str, torch.Tensor]],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """The stage's tensors at ``path``: built once by the first process (``build`` returns them), read by all."""
+    path = Path(path)
+    if path.exists():
+        return path
+    with file_lock(path):
+        if not path.exists():  # another process may have built it while we waited
+            save_tensors(build(), path, metadata)
+    return path
