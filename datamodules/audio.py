@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError, check_files_exist
+from .samplers import SeededTrainData
 from .summary import DataSummary
 
 # Published trial counts: ASVspoof 2019 LA train / dev / eval protocols, In-the-Wild meta.csv.
@@ -236,6 +237,9 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
     def __getitem__(self, i: int):
         item = self.items[i]
         wav = crop_or_repeat(load_audio(item.path, self.sample_rate), self.length, self.rng if self.train else None)
@@ -256,7 +260,7 @@ def read_set(spec: dict) -> list[AudioItem]:
     return readers[fmt](**spec)
 
 
-class SpoofDataModule(L.LightningDataModule):
+class SpoofDataModule(SeededTrainData, L.LightningDataModule):
     """``train`` and ``dev`` sets (ASVspoof 2019 LA train/dev), named ``tests`` (in-domain and OOD sets)."""
 
     def __init__(self, train: dict, dev: dict, tests: dict[str, dict], length: int = 64600, sample_rate: int = 16000,
@@ -315,7 +319,7 @@ class SpoofDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True, self.batch_size)
+        return self.seeded_loader(self.train_set, self.batch_size, self.num_workers)
 
     def val_dataloader(self):
         return self._loader(self.dev_set, False, self.eval_batch_size)

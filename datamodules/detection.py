@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError, read_json
 from .imagelists import IMAGE_EXTENSIONS
+from .samplers import SeededTrainData
 from .summary import DataSummary
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,10 @@ class PairedDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def reseed(self, seed: int) -> None:
+        if self.augment is not None:
+            self.augment.rng = np.random.default_rng(seed)
+
     def __getitem__(self, i: int) -> dict:
         it = self.items[i]
         ir = load_image(it.ir, "L")
@@ -307,7 +312,7 @@ class HorizontalFlip:
         return item
 
 
-class PairedDetectionDataModule(L.LightningDataModule):
+class PairedDetectionDataModule(SeededTrainData, L.LightningDataModule):
     """Official train split -> seeded train/val split (``val_ratio``); official test split -> test (no drops).
 
     Boxes without area are dropped and counted; an annotation file without an image (LLVIP ships some) is
@@ -421,7 +426,7 @@ class PairedDetectionDataModule(L.LightningDataModule):
                           drop_last=False, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True, self.batch_size)
+        return self.seeded_loader(self.train_set, self.batch_size, self.num_workers, collate_fn=collate)
 
     def val_dataloader(self):
         return self._loader(self.val_set, False, self.eval_batch_size)

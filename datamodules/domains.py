@@ -26,6 +26,7 @@ from .errors import DatasetError, check_files_exist, read_json  # noqa: F401 (re
 from .imagelists import (IMAGE_EXTENSIONS, ImageDataset, ListEntry, class_names_of,  # noqa: F401
                          parse_list_file, read_list_file, scan_image_folder)
 from .splits import known_classes, long_tail, sample_shots, stratified_split  # noqa: F401 (re-exported)
+from .samplers import SeededTrainData
 from .summary import DataSummary
 
 README = "datamodules/README.md"
@@ -74,7 +75,7 @@ class KnownClassesMixin:
         return len(self.classes)
 
 
-class DomainDataModule(KnownClassesMixin, L.LightningDataModule):
+class DomainDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule):
     """Sources -> train/val (seeded stratified split); each target domain -> one test loader.
 
     ``val_on_targets`` adds the target test loaders to validation: only the ``oracle`` selection
@@ -361,7 +362,7 @@ class DomainDataModule(KnownClassesMixin, L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.sources:
             raise DatasetError("no source domains configured: nothing to train on")
-        return self._loader(ConcatDataset(self.source_train), True, self.batch_size)
+        return self.seeded_loader(ConcatDataset(self.source_train), self.batch_size, self.num_workers)
 
     def val_dataloader(self):
         loaders = [self._loader(ConcatDataset(self.source_val), False, self.eval_batch_size)]

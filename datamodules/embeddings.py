@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from .domains import DatasetError, DomainDataModule, ImageDataset
-from .samplers import eval_loader
+from .samplers import SeededTrainData, eval_loader
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ImageEncoder(Protocol):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-class EmbeddingDataModule(L.LightningDataModule):
+class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
     """Batches of (embedding, label, domain index) for the sources; each target and each source's held-out split
     is a test set (``test_names``), so a run reports accuracy on the target and on the sources."""
 
@@ -121,7 +121,7 @@ class EmbeddingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = ConcatDataset([self._splits[f"{s}/train"] for s in self.sources])
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True)
+        return self.seeded_loader(ds, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(ConcatDataset([self._splits[f"{s}/val"] for s in self.sources]), self.eval_batch_size)

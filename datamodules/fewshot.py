@@ -18,12 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .domains import (DatasetError, DomainDataModule, ImageDataset, KnownClassesMixin, build_transforms, long_tail,
                       sample_shots, stratified_split)
-from .samplers import eval_loader
+from .samplers import SeededTrainData, eval_loader
 
 SCENARIOS = ("standard", "label_shift", "ood")
 TRAIN_ON = ("shots", "unlabelled")
@@ -42,7 +41,7 @@ class Unlabelled(Dataset):
         return self.images[i][0], -1, i
 
 
-class FewShotTargetDataModule(KnownClassesMixin, L.LightningDataModule):
+class FewShotTargetDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule):
     """``domains``: a :class:`DomainDataModule` (or the synthetic one) that holds the target domain."""
 
     def __init__(
@@ -165,11 +164,10 @@ class FewShotTargetDataModule(KnownClassesMixin, L.LightningDataModule):
         if self.train_on is None:
             raise ValueError("train_on is unset: the adaptation method sets it (shots or unlabelled)")
         if self.train_on == "unlabelled":
-            return self._loader(self.pool_train, self.batch_size, shuffle=True)
+            return self.seeded_loader(self.pool_train, self.batch_size, self.num_workers)
         # the paper draws batches with replacement from the k*C shots for a fixed number of steps
-        g = torch.Generator().manual_seed(self.shot_seed)
-        sampler = RandomSampler(self.shot_set, replacement=True, num_samples=self.steps * self.batch_size, generator=g)
-        return self._loader(self.shot_set, self.batch_size, sampler=sampler)
+        return self.seeded_loader(self.shot_set, self.batch_size, self.num_workers, replacement=True,
+                                  num_samples=self.steps * self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         """Labelled held-out shots for few-shot fine-tuning; the unlabelled pool (for SND) for SFDA."""

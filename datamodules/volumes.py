@@ -25,6 +25,7 @@ from monai import transforms as T
 from monai.data import CacheDataset, DataLoader
 
 from .errors import DatasetError, read_json
+from .samplers import SeededTrainData
 from .summary import DataSummary
 
 
@@ -243,6 +244,9 @@ class CaseDataset(CacheDataset):
                 raise
             raise ours  # noqa: B904 (its cause, the reader's error, is kept)
 
+    def reseed(self, seed: int) -> None:
+        self.transform.set_random_state(seed=seed % 2**32)  # MONAI's random transforms keep their own RNG
+
     def __getitem__(self, index):
         try:
             return super().__getitem__(index)
@@ -253,7 +257,7 @@ class CaseDataset(CacheDataset):
             raise ours  # noqa: B904
 
 
-class VolumeDataModule(L.LightningDataModule):
+class VolumeDataModule(SeededTrainData, L.LightningDataModule):
     """Train on every fold but ``fold``, test on ``fold`` (one case per batch, whole volume)."""
 
     def __init__(self, datalist: str, folds_file: str, fold: int = 0, window: tuple[float, float] = (0.0, 140.0),
@@ -311,7 +315,7 @@ class VolumeDataModule(L.LightningDataModule):
         return {"fold": None if self.train_on == "all" else self.fold, **self.summary.as_dict()}
 
     def train_dataloader(self):
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+        return self.seeded_loader(self.train_set, self.batch_size, self.num_workers, loader=DataLoader)
 
     def test_dataloader(self):
         return DataLoader(self.test_set, batch_size=1, shuffle=False, num_workers=self.num_workers)

@@ -62,13 +62,18 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m <args>`` in a fresh process (one intra-op thread), output captured."""
+def cli(*args: str, cwd: Path, timeout: int = 600, offline: bool = False) -> subprocess.CompletedProcess:
+    """``python -m <args>`` in a fresh process (one intra-op thread), output captured; ``offline``: any connection
+    outside the loopback range fails (``tests/offline/sitecustomize.py``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if offline:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "offline"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=env)
 
 
 def run_toy(name: str, tmp_path: Path, *overrides: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """A whole toy experiment from the CLI, its run dir at ``tmp_path/run`` and its cache at ``tmp_path/cache``."""
+    """A whole toy experiment from the CLI with the network cut off, its run dir at ``tmp_path/run`` and its
+    cache at ``tmp_path/cache``."""
     return cli("transfer.train", f"experiment={name}", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
-               f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, timeout=timeout)
+               f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, timeout=timeout, offline=True)

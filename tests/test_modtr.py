@@ -361,7 +361,7 @@ def test_modtr_then_finetune_starts_from_a_trained_translator(tmp_path):
     assert all(p.requires_grad for p in both.detector.parameters())
 
 
-def test_detect_cli_names_a_folder_without_images(tmp_path):
+def test_detect_cli_names_a_folder_without_images(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     detect = [sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--num-classes", "4"]
     res = subprocess.run([*detect, "--detector-weights", "random", str(tmp_path / "empty")], capture_output=True,
@@ -370,8 +370,11 @@ def test_detect_cli_names_a_folder_without_images(tmp_path):
     res = subprocess.run([*detect, "--detector-weights", "random", "--modality", "ir", str(tmp_path / "empty")],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode != 0 and "--modality ir needs --translator" in res.stderr
-    res = subprocess.run([*detect, str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert res.returncode != 0 and "--detector-weights" in res.stderr  # no silent random detector
-    res = subprocess.run([*detect, "--detector-weights", "random", str(tmp_path / "nope")], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)
-    assert res.returncode != 0 and "nope: no such file or folder" in res.stderr and "Traceback" not in res.stderr
+    from transfer.detect import main as detect_main
+
+    with pytest.raises(SystemExit):  # no silent random detector: --detector-weights is required
+        detect_main(["--detector", "tiny_fcos", str(tmp_path / "empty")])
+    assert "--detector-weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        detect_main(["--detector", "tiny_fcos", "--detector-weights", "random", str(tmp_path / "nope")])
+    assert "nope: no such file or folder" in capsys.readouterr().err

@@ -82,7 +82,7 @@ def test_rawboost_is_seeded_and_changes_the_signal():
 def test_ddp_scores_each_trial_once(tmp_path):
     """2 gloo processes (MoE with top-2 routing); the padded distributed sampler must not duplicate trials."""
     res = subprocess.run([sys.executable, "-m", "transfer.train", *TINY, "model.moe.top_k=2", "trainer=ddp",
-                          "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.use_distributed_sampler=true",
+                          "trainer.accelerator=cpu", "trainer.devices=2", "trainer.use_distributed_sampler=true",
                           "trainer.strategy=ddp_find_unused_parameters_true",
                           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'ddp'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600,

@@ -215,7 +215,7 @@ def test_fold_run_resumes(make_cfg, tmp_path):
     run(make_cfg(*args, run_dir=tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     run(make_cfg(*args, "trainer.max_steps=6", f"ckpt_path={last}", run_dir=tmp_path / "b"))
-    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert torch.load(last, weights_only=True)["global_step"] == 6  # continued in run a's folder
 
 
 def test_ddp_per_case_rows_are_not_duplicated(tmp_path):

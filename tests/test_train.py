@@ -1,6 +1,7 @@
 """End-to-end runs of the real configs: records, selection, resume, eval entry, determinism, checkpoints."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_experiment_overrides_take_effect(make_cfg, tmp_path, monkeypatch):
     assert cfg.trainer.strategy.startswith("ddp") and cfg.selection.protocol == "last"
     assert cfg.model.lr == 0.123 and cfg.experiment_name == "ddp_probe"
     plain = make_cfg()
-    assert "strategy" not in plain.trainer and plain.selection.protocol == "source_val"
+    assert plain.trainer.strategy == "auto" and plain.selection.protocol == "source_val"
 
 
 def test_same_seed_same_numbers(make_cfg, tmp_path):
@@ -78,12 +79,14 @@ def test_selection_last_and_oracle_are_recorded(make_cfg, tmp_path):
 
 def test_resume_from_last_checkpoint(trained, make_cfg, tmp_path):
     _, _, run_dir = trained
-    last = run_dir / "checkpoints" / "last.ckpt"
+    shutil.copytree(run_dir, tmp_path / "original")  # the shared run stays as it is
+    last = tmp_path / "original" / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
     cfg = make_cfg("experiment=source_only_toy", *TINY, "trainer.max_epochs=3", f"ckpt_path={last}",
                    run_dir=tmp_path / "resumed")
     run(cfg)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (tmp_path / "resumed" / "RESUMED_INTO").read_text().strip() == str(tmp_path / "original")
+    resumed = torch.load(last, weights_only=True)  # continued in the checkpoint's own run folder
     assert (first["epoch"], resumed["epoch"]) == (2, 3)  # epochs completed
     steps = first["global_step"]
     assert resumed["global_step"] == steps + steps // 2  # one more epoch, not three

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from transfer.adapters import adapter_state_dict
+from transfer.stages import atomic_path
+from transfer.weights import CheckpointFileError, load_checkpoint_file
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file in the destination folder, synced and renamed into place:
+    a full disk or a kill leaves the previous checkpoint intact, never a truncated file under its final name."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        ckpt = load_checkpoint_file(path, "Lightning checkpoint")
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise CheckpointFileError(f"{path}: not a Lightning checkpoint (no state_dict)")
+        return ckpt
+
+    def remove_checkpoint(self, path) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 class IncompatibleCheckpointError(RuntimeError):

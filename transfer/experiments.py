@@ -10,6 +10,7 @@ package, then the copy that ``pip install .`` places under ``<prefix>/share/tran
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -44,8 +45,15 @@ def available() -> list[str]:
 
 def register() -> Path:
     """Store every experiment file under group ``experiment``; returns the folder used. Also registers the
-    resolver ``label_space`` (null -> ``all``, K -> ``known<K>``) that names exported SFDA source models."""
+    resolvers ``label_space`` (null -> ``all``, K -> ``known<K>``; names exported SFDA source models) and
+    ``run_suffix`` (random, once per run: unique run folders)."""
     OmegaConf.register_new_resolver("label_space", lambda n: f"known{n}" if n else "all", replace=True)
+    # run folders: a timestamp to the second + 6 random hex digits, so runs started together never share one
+    if not OmegaConf.has_resolver("run_suffix"):
+        OmegaConf.register_new_resolver("run_suffix", lambda: secrets.token_hex(3), use_cache=True)
+    from transfer.schemas import register as register_schemas
+
+    register_schemas()
     folder = experiments_dir()
     store = ConfigStore.instance()
     for path in sorted(folder.glob("*.yaml")):

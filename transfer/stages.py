@@ -26,8 +26,9 @@ def stage_key(settings: Mapping) -> str:
 
 @contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` + ``.lock`` (blocks until it is free)."""
-    lock = Path(str(path) + ".lock")
+    """An exclusive advisory lock on the hidden file ``.<name>.lock`` beside ``path`` (blocks until it is free)."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)

@@ -12,10 +12,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer import experiments
+from transfer.checkpoints import AtomicCheckpointIO
 from transfer.data import DataSummaryWriter
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
 
@@ -42,7 +44,10 @@ def build(cfg: DictConfig):
                                                   and c.filename != "last")]
     callbacks.append(DataSummaryWriter(Path(cfg.paths.output_dir) / "data_summary.json"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    if hasattr(datamodule, "train_seed"):
+        datamodule.train_seed = int(cfg.seed)  # the training order is a function of (seed, epoch): exact resume
     return datamodule, model, trainer
 
 
@@ -82,10 +87,13 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
     pooled = getattr(model, "pooled_val_target", "source")  # what un-targeted val keys (val/acc) describe
     rows = rows_from_metrics(metrics, split="val", base=base, pooled_target=pooled)
     rows += rows_from_metrics(metrics, split="test", base=base, pooled_target="all_targets")
-    if trainer.is_global_zero:
-        append_jsonl(cfg.paths.results_file, rows)
+    if trainer.is_global_zero:  # a repeated or resumed evaluation replaces its rows, never duplicates them
+        append_jsonl(cfg.paths.results_file, rows, replace=ROW_IDENTITY)
         print_rows(rows)
     return rows
+
+
+ROW_IDENTITY = ("experiment", "variant", "seed", "fold", "sweep_point", "split", "target", "run_dir")
 
 
 def print_rows(rows: list[dict]) -> None:
@@ -245,7 +253,34 @@ def run_folds(cfg: DictConfig) -> list[dict]:
     return rows
 
 
+def _continue_in_checkpoint_run(cfg: DictConfig) -> DictConfig:
+    """Resuming from ``<run>/checkpoints/last.ckpt`` continues in ``<run>``: same checkpoints, logs and results
+    file. The new Hydra folder keeps a note pointing there."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not cfg.get("train", True):
+        return cfg
+    ckpt = Path(ckpt).resolve()
+    run_dir, here = ckpt.parent.parent, Path(cfg.paths.output_dir).resolve()
+    if ckpt.parent.name != "checkpoints" or not (run_dir / "config_resolved.yaml").exists() or run_dir == here:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if Path(cfg.paths.results_file).resolve() == here / "results.jsonl":
+            cfg.paths.results_file = str(run_dir / "results.jsonl")
+        cfg.paths.output_dir = str(run_dir)
+    atomic_write_text(here / "RESUMED_INTO", f"{run_dir}\n")
+    log.info("resuming %s: continuing in %s", ckpt, run_dir)
+    return cfg
+
+
+def _resume_command(cfg: DictConfig, ckpt: Path) -> str:
+    task = [o for o in (HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
+            if not o.startswith("ckpt_path=")]
+    return " ".join(["python -m transfer.train", *task, f"ckpt_path={ckpt}"])
+
+
 def run_one(cfg: DictConfig) -> list[dict]:
+    cfg = _continue_in_checkpoint_run(cfg)
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and HydraConfig.initialized():
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -254,8 +289,14 @@ def run_one(cfg: DictConfig) -> list[dict]:
         model.prepare(datamodule)
     ckpt = cfg.get("ckpt_path")
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         final = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        except SIGTERMException:  # a scheduler's stop: keep the state, say how to go on, exit non-zero
+            trainer.save_checkpoint(final, weights_only=False)
+            print(f"\nstopped by SIGTERM; state saved to {final}\nresume with: {_resume_command(cfg, final)}",
+                  flush=True)
+            raise SystemExit(143) from None
         trainer.save_checkpoint(final, weights_only=False)  # the state at the end of training, whatever the callbacks' schedule
         ckpt = selected_checkpoint(trainer, cfg.selection.monitor) if cfg.selection.monitor else str(final)
     if not cfg.get("test", True):

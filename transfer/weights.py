@@ -10,8 +10,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import pickle
 import sys
+import zipfile
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -49,6 +52,36 @@ def random_init_requested(what: str, name: str, weights: str | None, pretrained_
                            f"registered name (python -m transfer.weights list) or a file, or to '{RANDOM}' to train "
                            f"from a random initialisation on purpose")
     return False
+
+
+class CheckpointFileError(RuntimeError):
+    """A checkpoint file is missing, empty, truncated or not a checkpoint at all."""
+
+
+def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with the file. A file that is not a
+    plain tensor checkpoint is refused as such: loading it with pickle enabled is never suggested."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"{path}: {what} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointFileError(f"{path}: {what} file is empty (an interrupted write?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointFileError(f"{path}: {what} is truncated or corrupt ({type(e).__name__})") from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointFileError(f"{path}: not a {what} this suite can load safely: it holds objects other than "
+                                  f"tensors and plain containers, or it is not a checkpoint ({first[:160]})") from None
+    except RuntimeError as e:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch's zip format: readable start, broken rest
+        why = "is truncated or corrupt" if zipped else "is not a readable"
+        raise CheckpointFileError(f"{path}: {what} {why} ({str(e).splitlines()[0][:100]})") from None
+    except Exception as e:  # the safe unpickler fails in many ways on bytes that are no checkpoint at all
+        raise CheckpointFileError(f"{path}: not a {what}: its bytes are no torch checkpoint "
+                                  f"({type(e).__name__})") from None
 
 
 def weights_dir() -> Path:
@@ -125,7 +158,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint_file(path, "weights file")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,23 @@ class UnknownClipModelError(ValueError):
     pass
 
 
+class ClipHubError(RuntimeError):
+    """The model would fetch parts from the Hugging Face hub at run time."""
+
+
+def _refuse_hub_downloads(name: str) -> None:
+    """Some open_clip models (SigLIP, the RoBERTa/XLM-R text towers) fetch a tokenizer or a text model from the
+    Hugging Face hub when built, retrying for a long time offline. Fail at once instead, unless the hub runs
+    offline on its local cache (``HF_HUB_OFFLINE=1``), where nothing is downloaded."""
+    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    hub = sorted({v for k, v in text.items() if k in ("hf_model_name", "hf_tokenizer_name") and v})
+    if hub and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        raise ClipHubError(f"open_clip model '{name}' builds its tokenizer / text tower from the Hugging Face hub "
+                           f"({', '.join(hub)}); nothing is downloaded during a run. Fetch them once "
+                           f"(huggingface-cli download {hub[0]}) and run with HF_HUB_OFFLINE=1 to read them from the "
+                           f"local cache, or pick a model without hub parts (e.g. ViT-B-16)")
+
+
 class FrozenClip(nn.Module):
     """An open_clip model in eval mode with gradients off; ``identity`` names model + weights (cache keys)."""
 
@@ -34,6 +52,7 @@ class FrozenClip(nn.Module):
                                         + (f"; close names: {', '.join(close)}" if close else "")
                                         + f" (open_clip.list_models() has {len(models)})")
         self.name = name
+        _refuse_hub_downloads(name)
         path = resolve(pretrained) if pretrained else None  # registry name or path; clear error when absent
         self.model = open_clip.create_model(name, pretrained=None)
         self.identity = f"{name}:random-init"

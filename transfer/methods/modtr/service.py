@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transfer.stages import save_tensors
+from transfer.weights import load_checkpoint_file
 from transfer.models.detectors import FrozenDetector
 
 from .baselines import IdentityTranslator
@@ -49,7 +50,7 @@ def load_translator_state(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         read_translator_meta(path)
         return load_file(str(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint_file(path, "ModTr checkpoint")
     state = ckpt.get("state_dict", ckpt)
     return {k.removeprefix("translator."): v for k, v in state.items() if k.startswith("translator.")}
 

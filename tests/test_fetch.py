@@ -1,0 +1,201 @@
+"""``transfer.weights fetch`` against a loopback HTTP server (127.0.0.1 only, stops with the test): download,
+resume after an interrupted transfer, checksum mismatch refused with nothing left behind, torchvision's hash
+prefix, ``check``, the offline error, the Hugging Face path and fetch-on-first-use in a run."""
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+import yaml
+
+from transfer import fetch as fetch_mod
+from transfer.weights import WeightsError, load_registry, resolve
+
+PAYLOAD = b"weights!" * 40000  # 320 kB
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    cut_after: dict[str, int] = {}  # path -> bytes sent before the connection drops (once)
+    requests: list[tuple[str, str | None]] = []
+
+    def do_GET(self):  # noqa: N802
+        self.requests.append((self.path, self.headers.get("Range")))
+        data = self.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        cut = self.cut_after.pop(self.path, None)
+        self.wfile.write(body[:cut] if cut is not None else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    _Handler.files, _Handler.cut_after, _Handler.requests = {}, {}, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.timeout = 5
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def _registry(tmp_path, base, **fields):
+    entry = {"file": "torchvision/tiny-" + hashlib.sha256(PAYLOAD).hexdigest()[:8] + ".pth",
+             "url": f"{base}/models/tiny.pth", "source": "a loopback test server", **fields}
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump({"tiny": entry}))
+    return load_registry(path)
+
+
+def test_fetch_downloads_verifies_and_renames(tmp_path, server):
+    base, handler = server
+    handler.files["/models/tiny.pth"] = PAYLOAD
+    reg = _registry(tmp_path, base, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    path = fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
+    assert path.read_bytes() == PAYLOAD and path.parent.name == "torchvision"
+    assert [p.name for p in path.parent.iterdir()] == [path.name, f".{path.name}.lock"] or \
+        sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock"])
+    assert fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False) == path  # present: nothing fetched again
+    assert len(handler.requests) == 1
+
+
+def test_interrupted_transfer_resumes_with_a_range_request(tmp_path, server):
+    base, handler = server
+    handler.files["/models/tiny.pth"] = PAYLOAD
+    handler.cut_after["/models/tiny.pth"] = 100000
+    reg = _registry(tmp_path, base, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    with pytest.raises(WeightsError, match="transfer ended at 100000 of 320000 bytes; run fetch again"):
+        fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
+    part = tmp_path / "w" / "torchvision" / f".{reg['tiny'].file.split('/')[1]}.part"
+    assert part.stat().st_size == 100000
+    path = fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
+    assert path.read_bytes() == PAYLOAD and not part.exists()
+    assert handler.requests[-1] == ("/models/tiny.pth", "bytes=100000-")
+
+
+def test_checksum_mismatch_is_refused_and_nothing_is_left(tmp_path, server):
+    base, handler = server
+    handler.files["/models/tiny.pth"] = PAYLOAD[:-1] + b"?"
+    reg = _registry(tmp_path, base, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    with pytest.raises(WeightsError, match=r"sha256 [0-9a-f]{64} does not match the registered "
+                                           + hashlib.sha256(PAYLOAD).hexdigest()):
+        fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
+    assert [p.name for p in (tmp_path / "w" / "torchvision").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_torchvision_prefix_is_checked(tmp_path, server):
+    base, handler = server
+    handler.files["/models/tiny.pth"] = PAYLOAD
+    good = _registry(tmp_path, base, sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8])
+    assert fetch_mod.fetch("tiny", good, tmp_path / "a", progress=False).exists()
+    bad = _registry(tmp_path, base, sha256_prefix="00000000")
+    with pytest.raises(WeightsError, match="does not start with the published prefix 00000000"):
+        fetch_mod.fetch("tiny", bad, tmp_path / "b", progress=False)
+
+
+def test_mirror_replaces_the_origin(tmp_path, server, monkeypatch):
+    base, handler = server
+    reg = _registry(tmp_path, "http://192.0.2.1:9", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    handler.files["/site/" + reg["tiny"].file] = PAYLOAD
+    monkeypatch.setenv("TRANSFER_WEIGHTS_MIRROR", f"{base}/site")
+    assert fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False).read_bytes() == PAYLOAD
+
+
+def test_offline_error_names_the_url_and_the_way_out(tmp_path):
+    reg = _registry(tmp_path, "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(WeightsError, match=r"http://127.0.0.1:9/models/tiny.pth: cannot connect .*TRANSFER_WEIGHTS_MIRROR"):
+        fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
+
+
+def test_hugging_face_entries_go_through_hf_hub_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    cached = tmp_path / "hf-cache" / "model.safetensors"
+    cached.parent.mkdir()
+    cached.write_bytes(PAYLOAD)
+    calls = []
+
+    def fake(**kw):
+        calls.append(kw)
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump({"r": {"file": "timm/r.safetensors", "hf_repo": "timm/resnet50.tv_in1k",
+                                          "hf_file": "model.safetensors", "revision": None,
+                                          "sha256": hashlib.sha256(PAYLOAD).hexdigest()}}))
+    out = fetch_mod.fetch("r", load_registry(path), tmp_path / "w", progress=False)
+    assert calls == [{"repo_id": "timm/resnet50.tv_in1k", "filename": "model.safetensors", "revision": None}]
+    assert out.read_bytes() == PAYLOAD
+
+
+def test_check_reports_each_entry(tmp_path, server, capsys):
+    from transfer.weights import main
+
+    base, handler = server
+    handler.files["/models/tiny.pth"] = PAYLOAD
+    reg_file = tmp_path / "registry.yaml"
+    reg_file.write_text(yaml.safe_dump({
+        "ok": {"file": "a.bin", "sha256": hashlib.sha256(b"a").hexdigest()},
+        "bad": {"file": "b.bin", "sha256": "0" * 64},
+        "loose": {"file": "c.bin"},
+        "gone": {"file": "d.bin", "url": f"{base}/d.bin"}}))
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "a.bin").write_bytes(b"a")
+    (w / "b.bin").write_bytes(b"b")
+    (w / "c.bin").write_bytes(b"c")
+    assert main(["check", "--registry", str(reg_file), "--root", str(w)]) == 1  # a mismatch and a missing file
+    out = capsys.readouterr().out
+    for line in ("ok  checksum ok", "bad  checksum MISMATCH", "loose  present (no checksum pinned)", "gone  missing"):
+        assert line.split("  ")[0] in out and line.split("  ")[1] in out
+    assert "python -m transfer.weights fetch gone" in out
+
+
+def test_missing_weights_error_names_the_fetch_command(tmp_path):
+    reg_file = tmp_path / "registry.yaml"
+    reg_file.write_text(yaml.safe_dump({"tiny": {"file": "t.pth", "url": "http://127.0.0.1:9/t.pth"}}))
+    with pytest.raises(WeightsError, match="python -m transfer.weights fetch tiny"):
+        resolve("tiny", load_registry(reg_file), tmp_path)
+
+
+def test_fetch_on_first_use_in_a_run(tmp_path, server, monkeypatch, make_cfg):
+    """weights.fetch=true: a toy-sized run whose backbone weights are missing fetches them and trains."""
+    import timm
+    from safetensors.torch import save_file
+
+    from transfer.train import run
+
+    base, handler = server
+    src = tmp_path / "src.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=5).state_dict(), src)
+    handler.files["/test_resnet.safetensors"] = src.read_bytes()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "registry.yaml").write_text(yaml.safe_dump({"test_resnet.toy": {
+        "file": "timm/test_resnet.safetensors", "url": f"{base}/test_resnet.safetensors",
+        "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}}))
+    monkeypatch.setenv("TRANSFER_WEIGHTS_DIR", str(weights))
+    from conftest import TINY
+
+    args = ["experiment=source_only_toy", *TINY, "trainer.max_epochs=1", "model.pretrained=test_resnet.toy"]
+    with pytest.raises(Exception, match="python -m transfer.weights fetch test_resnet.toy"):
+        run(make_cfg(*args))
+    rows = run(make_cfg(*args, "weights.fetch=true"))
+    assert (weights / "timm" / "test_resnet.safetensors").exists() and rows
+    assert torch.isfinite(torch.tensor(rows[0]["metrics"]["acc"]))
