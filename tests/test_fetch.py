@@ -3,6 +3,7 @@ resume after an interrupted transfer, checksum mismatch refused with nothing lef
 prefix, ``check``, the offline error, the Hugging Face path and fetch-on-first-use in a run."""
 
 import hashlib
+import os
 import http.server
 import threading
 
@@ -68,8 +69,7 @@ def test_fetch_downloads_verifies_and_renames(tmp_path, server):
     reg = _registry(tmp_path, base, sha256=hashlib.sha256(PAYLOAD).hexdigest())
     path = fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
     assert path.read_bytes() == PAYLOAD and path.parent.name == "torchvision"
-    assert [p.name for p in path.parent.iterdir()] == [path.name, f".{path.name}.lock"] or \
-        sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock"])
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock"])  # no .part
     assert fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False) == path  # present: nothing fetched again
     assert len(handler.requests) == 1
 
@@ -198,4 +198,13 @@ def test_fetch_on_first_use_in_a_run(tmp_path, server, monkeypatch, make_cfg):
         run(make_cfg(*args))
     rows = run(make_cfg(*args, "weights.fetch=true"))
     assert (weights / "timm" / "test_resnet.safetensors").exists() and rows
+    assert "TRANSFER_FETCH_WEIGHTS" not in os.environ  # only that run fetched
     assert torch.isfinite(torch.tensor(rows[0]["metrics"]["acc"]))
+
+
+def test_fetch_experiment_lists_every_weight_it_needs():
+    from transfer.weights import names_in_experiment
+
+    assert set(names_in_experiment("modtr_flir")) == {"fcos_resnet50_fpn.coco", "resnet34.tv_in1k"}
+    assert names_in_experiment("moelora_asvspoof") == ["wav2vec2_xlsr_300m.fairseq"]
+    assert names_in_experiment("source_only_toy") == []

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
+from typing import Iterator
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +29,19 @@ CHUNK = 1 << 20
 
 def fetch_enabled() -> bool:
     return os.environ.get(ENV_FETCH, "").lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def fetch_on_first_use(enabled: bool) -> Iterator[None]:
+    """Within the block, missing registered weights are downloaded (``weights.fetch=true``)."""
+    old = os.environ.get(ENV_FETCH)
+    if enabled:
+        os.environ[ENV_FETCH] = "1"
+    try:
+        yield
+    finally:
+        if enabled:
+            os.environ.pop(ENV_FETCH) if old is None else os.environ.__setitem__(ENV_FETCH, old)
 
 
 def verify(path: Path, entry: WeightsEntry) -> str:

@@ -49,6 +49,11 @@ TrainerSchema = trainer_schema()
 
 
 @dataclass
+class WeightsSchema:
+    fetch: bool = False  # download missing registered weights on first use (python -m transfer.weights fetch)
+
+
+@dataclass
 class RunSchema:
     experiment_name: str = "default"
     seed: int = 0
@@ -74,6 +79,7 @@ class RunSchema:
     logger: Any = None
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     paths: Any = None
+    weights: WeightsSchema = field(default_factory=WeightsSchema)
     detector: Any = None
     translator: Any = None
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transfer import experiments
 from transfer.checkpoints import AtomicCheckpointIO
 from transfer.data import DataSummaryWriter
+from transfer.fetch import fetch_on_first_use
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
 
 log = logging.getLogger("transfer")
@@ -280,7 +281,11 @@ def _resume_command(cfg: DictConfig, ckpt: Path) -> str:
 
 
 def run_one(cfg: DictConfig) -> list[dict]:
-    cfg = _continue_in_checkpoint_run(cfg)
+    with fetch_on_first_use(bool(cfg.get("weights", {}).get("fetch"))):  # weights.fetch=true: download what is missing
+        return _run_one(_continue_in_checkpoint_run(cfg))
+
+
+def _run_one(cfg: DictConfig) -> list[dict]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and HydraConfig.initialized():
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -32,8 +32,13 @@ class WeightsEntry:
     name: str
     file: str
     sha256: str | None = None
+    sha256_prefix: str | None = None  # torchvision publishes the first 8 hex digits in its file names
     hub: str | None = None
     source: str | None = None
+    url: str | None = None  # direct download (torchvision model zoo, fairseq release)
+    hf_repo: str | None = None  # Hugging Face hub repo + file (through huggingface_hub)
+    hf_file: str | None = None
+    revision: str | None = None
 
 
 RANDOM = "random"  # weights=random: a random initialisation, asked for explicitly and recorded in result rows
@@ -138,16 +143,23 @@ def resolve(name_or_path: str | Path, registry: dict[str, WeightsEntry] | None =
         )
     path = root / entry.file
     if not path.exists():
+        from transfer.fetch import ENV_FETCH, fetch, fetch_enabled
+
+        if fetch_enabled() and (entry.url or entry.hf_repo):
+            return fetch(entry.name, registry, root)
         where = f" Obtain it from {entry.source or entry.hub}." if (entry.source or entry.hub) else ""
-        checksum = f"sha256 {entry.sha256}" if entry.sha256 else "sha256 not pinned"
+        checksum = f"sha256 {entry.sha256}" if entry.sha256 else (
+            f"sha256 starting {entry.sha256_prefix}" if entry.sha256_prefix else "sha256 not pinned")
+        how = (f"download it with `python -m transfer.weights fetch {entry.name}` (or let a run fetch it: "
+               f"weights.fetch=true / {ENV_FETCH}=1), or place the file at {path}") if (entry.url or entry.hf_repo) \
+            else f"place the file at {path}"
         raise WeightsError(
-            f"weights '{entry.name}' are not on this machine: place the file at {path} ({checksum}).{where} "
-            "Nothing is downloaded at run time; see weights/README.md."
+            f"weights '{entry.name}' are not on this machine: {how} ({checksum}).{where} "
+            "Nothing is downloaded unless asked; see weights/README.md."
         )
-    if entry.sha256:
-        actual = sha256sum(path)
-        if actual != entry.sha256:
-            raise WeightsError(f"{path}: sha256 {actual} does not match the registered {entry.sha256} for '{entry.name}'")
+    from transfer.fetch import verify
+
+    verify(path, entry)
     return path
 
 
@@ -167,21 +179,80 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def names_in_experiment(experiment: str, overrides: list[str] | None = None) -> list[str]:
+    """Registered weights names an experiment refers to (any string value of its composed config)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from transfer import experiments
+
+    experiments.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *(overrides or [])])
+    registry, found = load_registry(), []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str) and node in registry and node not in found:
+            found.append(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=False))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.weights check NAME`` | ``hash FILE`` | ``list``."""
+    """``python -m transfer.weights list | check [NAME...] | fetch NAME... | fetch --experiment NAME | hash FILE``."""
     import argparse
 
+    from transfer import fetch as fetching
+
     parser = argparse.ArgumentParser(prog="python -m transfer.weights")
-    parser.add_argument("command", choices=["check", "hash", "list"])
-    parser.add_argument("target", nargs="?")
+    parser.add_argument("command", choices=["list", "check", "fetch", "hash"])
+    parser.add_argument("names", nargs="*", help="registered names (hash: a file)")
+    parser.add_argument("--experiment", help="fetch every weight this experiment needs")
+    parser.add_argument("--registry", help="another registry.yaml")
+    parser.add_argument("--root", help="another weights folder")
     args = parser.parse_args(argv)
+    registry = load_registry(args.registry)
+    root = Path(args.root) if args.root else weights_dir()
     if args.command == "list":
-        for entry in load_registry().values():
-            print(f"{entry.name:<24} {entry.file:<48} {entry.sha256 or '-'}")
-    elif args.command == "hash":
-        print(sha256sum(args.target))
-    else:
-        print(resolve(args.target))
+        for entry in registry.values():
+            pin = entry.sha256 or (f"{entry.sha256_prefix}… (prefix)" if entry.sha256_prefix else "-")
+            print(f"{entry.name:<32} {entry.file:<52} {pin}")
+        return 0
+    if args.command == "hash":
+        for f in args.names:
+            print(f"{sha256sum(f)}  {f}")
+        return 0
+    names = args.names or (names_in_experiment(args.experiment) if args.experiment else [])
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        parser.error(f"not registered: {', '.join(unknown)} (python -m transfer.weights list)")
+    if args.command == "check":
+        bad = 0
+        for name in names or list(registry):
+            state = fetching.status(name, registry[name], root)
+            bad += state in ("missing", "checksum MISMATCH")
+            hint = f"   -> python -m transfer.weights fetch {name}" if state == "missing" and \
+                (registry[name].url or registry[name].hf_repo) else ""
+            print(f"{name:<32} {state}{hint}")
+        return 1 if bad else 0
+    if not names:
+        parser.error("fetch needs registered names or --experiment NAME")
+    for name in names:
+        try:
+            path = fetching.fetch(name, registry, root)
+        except WeightsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{name}: {path}")
     return 0
 
 
