@@ -185,8 +185,10 @@ def test_toy_variants_run_and_compare(make_cfg, tmp_path):
                                   run_dir=tmp_path / "run"))
     test = [r for r in rows if r["split"] == "test" and r["target"] == "infrared"]
     assert [r["variant"] for r in test] == ["zero_shot", "lp", "lp_zs", "lads", "landa"]
-    assert (tmp_path / "run" / "summary.csv").exists()
-    assert all(0 <= r["metrics"]["acc"] <= 1 for r in test)
+    summary = (tmp_path / "run" / "summary.csv").read_text().splitlines()
+    for r in test:  # the table reports exactly the rows' numbers
+        assert f"{r['variant']},infrared,acc,1,{r['metrics']['acc']:.6f},0.000000" in summary
+    assert len({round(r["metrics"]["acc"], 6) for r in test}) > 1  # the variants are really different models
 
 
 def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):

@@ -255,7 +255,7 @@ def test_service_routes_modalities_and_refuses_foreign_translators(tmp_path):
 
 def test_detect_cli_writes_coco_json(tmp_path):
     torch.manual_seed(0)
-    module = ModTrModule(detector={"name": "tiny_fcos", "num_classes": 4, "size": 32}, translator={"name": "tiny_unet"})
+    module = ModTrModule(detector={"name": "tiny_fcos", "num_classes": 4, "size": 64}, translator={"name": "tiny_unet"})
     weights = tmp_path / "det.pt"
     torch.save(module.detector.detector.state_dict(), weights)
     path = save_translator(module, tmp_path / "ir.safetensors")
@@ -267,8 +267,17 @@ def test_detect_cli_writes_coco_json(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     dets = json.loads((tmp_path / "det.json").read_text())
-    assert isinstance(dets, list) and {d["image_id"] for d in dets} <= {0, 1, 2}
-    assert all(len(d["bbox"]) == 4 and {"category_id", "score", "file_name"} <= set(d) for d in dets)
+    from datamodules.detection import load_image
+    from transfer.detect import detections_to_coco
+
+    service = DetectionService(module.detector, "tiny_fcos")
+    service.add_translator("ir", path)
+    files = sorted((tmp_path / "images").iterdir())
+    expected = detections_to_coco(files, service.detect([load_image(f, "L") for f in files], "ir"))
+    assert dets == expected  # the CLI writes what the service detects, image by image
+    box = {"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([3])}
+    assert detections_to_coco([Path("a.png")], [box]) == [
+        {"image_id": 0, "file_name": "a.png", "category_id": 3, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9}]
 
 
 def test_synthetic_rgbir_goes_through_the_llvip_reader(tmp_path):

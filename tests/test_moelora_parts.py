@@ -115,7 +115,7 @@ def test_gradients_reach_zero_experts_and_the_router():
     loss = m(torch.randn(2, 5, 8)).square().sum() + 0.01 * load_balancing_loss(routers_of(m))
     loss.backward()
     assert m[0].q_proj.lora_B.grad.abs().sum() > 0
-    assert m[0].moe_router.proj.weight.grad is not None
+    assert m[0].moe_router.proj.weight.grad.abs().sum() > 0  # the router learns, from zero init
     assert m[0].q_proj.base.weight.grad is None
 
 

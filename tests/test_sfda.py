@@ -258,6 +258,11 @@ def test_snd_selection_picks_the_densest_candidate_per_seed():
     assert sorted((r["sweep_point"], r["metrics"]["acc"], r["selected_from"]) for r in chosen) == [
         (0, 0.4, "std/shot_b"), (1, 0.7, "std/shot_a")]
     assert {r["variant"] for r in chosen} == {"std/shot"}
+    assert all(r["selected_by"] == {"metric": "snd", "mode": "max", "label_free": True} for r in chosen)
+    by_acc = OmegaConf.create({"shot": {"candidates": ["shot_a", "shot_b"], "metric": "acc"}})
+    with pytest.raises(ValueError, match="picks by 'acc', which needs target labels"):
+        select_variants(rows, by_acc)
+    assert all("[oracle]" in r["selection"] for r in select_variants(rows, by_acc, "oracle"))
 
 
 def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir):

@@ -141,3 +141,10 @@ def test_module_entry_works_from_another_directory(tmp_path):
     out = cli("transfer.train", "--cfg", "job", "experiment=source_only_toy", cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backbone: test_resnet" in out.stdout and str(repo_root()) not in str(tmp_path)
+
+
+def test_rows_of_untrained_variants_claim_no_selection(make_cfg, tmp_path):
+    rows = run(make_cfg("experiment=source_only_toy", *TINY, "+variants.as_is=['train=false']", "+variants.trained=[]",
+                        run_dir=tmp_path / "run"))
+    assert {r["selection"] for r in rows if r["variant"] == "as_is"} == {"none (not trained)"}
+    assert {r["selection"] for r in rows if r["variant"] == "trained"} == {"source_val"}

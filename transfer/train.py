@@ -77,7 +77,7 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
         "seed": cfg.seed,
         "fold": cfg.get("fold"),
         "sweep_point": cfg.get("sweep_point"),
-        "selection": cfg.selection.protocol,
+        "selection": cfg.selection.protocol if cfg.get("train", True) else "none (not trained)",
         "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
         "git_commit": git_commit(),
         "run_dir": str(Path(cfg.paths.output_dir).resolve()),
@@ -145,7 +145,7 @@ def run(cfg: DictConfig) -> list[dict]:
         log.info("variant %s: %s", name, " ".join(dotlist) or "(the experiment as is)")
         rows += run_sweep(sub)
     if rows:
-        rows += select_variants(rows, cfg.get("select"))
+        rows += select_variants(rows, cfg.get("select"), cfg.selection.protocol)
         print_comparison(rows, cfg.get("report_metrics"))
         atomic_write_text(out / "summary.csv", summary_csv(rows))
     if any(out.rglob("per_case.csv")):
@@ -174,12 +174,21 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-def select_variants(rows: list[dict], select: DictConfig | None) -> list[dict]:
+# Metrics a method computes without target labels: the only ones a non-oracle selection may choose by.
+LABEL_FREE_METRICS = {"snd", "entropy", "im_loss"}
+
+
+def select_variants(rows: list[dict], select: DictConfig | None, protocol: str = "source_val") -> list[dict]:
     """Unsupervised model selection across variants, e.g. SND for SFDA hyperparameters:
     ``select: {shot: {candidates: [shot_lr1e-2, shot_lr1e-3], metric: snd, mode: max}}``. Per scenario, sweep
-    point and target, the candidate with the best ``metric`` on the test rows is reported as the new variant."""
+    point and target, the candidate with the best ``metric`` on the test rows is reported as the new variant.
+    A metric that needs target labels (accuracy, EER, Dice, ...) is refused unless the protocol is ``oracle``;
+    the chosen rows say how they were chosen (``selection``, ``selected_by``)."""
     chosen = []
     for name, spec in (select or {}).items():
+        if spec.metric not in LABEL_FREE_METRICS and protocol != "oracle":
+            raise ValueError(f"select.{name} picks by '{spec.metric}', which needs target labels; label-free metrics: "
+                             f"{sorted(LABEL_FREE_METRICS)} (or selection=oracle for an upper bound, marked as such)")
         sign = 1 if spec.get("mode", "max") == "max" else -1
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
@@ -189,7 +198,11 @@ def select_variants(rows: list[dict], select: DictConfig | None) -> list[dict]:
         for (scenario, *_), group in groups.items():
             best = max(group, key=lambda r: sign * r["metrics"][spec.metric])
             chosen.append({**best, "variant": f"{scenario}/{name}" if scenario else name,
-                           "selected_from": best["variant"]})
+                           "selected_from": best["variant"],
+                           "selection": f"{spec.metric} ({spec.get('mode', 'max')}) among {list(spec.candidates)}"
+                                        + (" [oracle]" if spec.metric not in LABEL_FREE_METRICS else ""),
+                           "selected_by": {"metric": spec.metric, "mode": spec.get("mode", "max"),
+                                           "label_free": spec.metric in LABEL_FREE_METRICS}})
     return chosen
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Mapping
 
 import lightning as L
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,8 @@ from transfer.checkpoints import CompatibleCheckpointMixin
 from .ot import ot_distance, text_aware_cost
 
 METHODS = ("zero_shot", "lp", "lp_zs", "lads", "landa")
+
+log = logging.getLogger("transfer")
 
 
 class MissingDescriptionError(ValueError):
@@ -138,6 +142,17 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         self.test_acc = nn.ModuleDict()
         self.built = True
 
+    def _check_landa_can_run(self, num_sources: int) -> None:
+        """LanDA needs its second stage (heads after the augmenters) and, for its OT term, two extended domains."""
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and max_epochs <= self.hparams.aug_epochs:
+            raise ValueError(f"method=landa with trainer.max_epochs={max_epochs} <= model.aug_epochs="
+                             f"{self.hparams.aug_epochs}: the projector and heads would never train (that is LADS's "
+                             f"first stage only). Raise max_epochs or lower aug_epochs")
+        if num_sources < 2 and self.hparams.lambda_w > 0:
+            log.warning("method=landa with one source domain: OT between extended domains has no pair and there is one "
+                        "head, so this run is augmenters + a probe (LADS-like); lambda_w has no effect")
+
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         encoder = dm.encoder
@@ -146,6 +161,8 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         if missing:
             raise MissingDescriptionError(f"model.source_prompts has no description for source domain(s) {missing} "
                                           f"(has: {sorted(prompts)})")
+        if stage == "fit" and self.hparams.method == "landa":
+            self._check_landa_can_run(len(dm.sources))
         text_target = encoder.class_text([self.hparams.target_prompt], dm.classes)
         if not self.built:
             self._build(text_target.shape[1], dm.num_classes, len(dm.sources))
