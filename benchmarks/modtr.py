@@ -2,7 +2,8 @@
 
     python benchmarks/modtr.py [--detector fcos] [--translator resnet34] [--size 256 320] [--batch 2]
 
-Each variant runs in a fresh subprocess. Time = best of --rounds steps (forward, backward, AdamW step);
+Variants: ModTr without activation checkpointing, with the detector's backbone + head recomputed, with the
+translator's encoder recomputed too, and full fine-tuning. Each variant runs in a fresh subprocess. Time = best of --rounds steps (forward, backward, AdamW step);
 memory = peak over the steps minus the memory held before the first step (activations, gradients and
 optimizer state: what a step adds on top of the models), from CUDA's allocator on a GPU, else the process
 peak resident set. Prints the ratios ModTr / full fine-tuning.
@@ -30,9 +31,10 @@ def one_variant(variant: str, args) -> dict:
 
     torch.manual_seed(0)
     translator = {"name": "identity"} if variant == "finetune_full" else {"name": "unet", "encoder": args.translator}
+    ckpt = variant.split(":")[1] if ":" in variant else "none"
     module = ModTrModule(detector={"name": args.detector, "weights": "random", "num_classes": 91}, translator=translator,
                          train_detector="full" if variant == "finetune_full" else "none",
-                         train_translator=variant == "modtr")
+                         train_translator=variant.startswith("modtr"), activation_checkpointing=ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module.to(device)
     h, w = args.size
@@ -49,7 +51,8 @@ def one_variant(variant: str, args) -> dict:
     times = []
     for _ in range(args.rounds):
         t0 = time.perf_counter()
-        loss = sum(module.detector.losses(module.translator(ir), targets).values())
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = sum(module.detector.losses(module.translator(ir), targets).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -70,6 +73,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="autocast bf16 (trainer.precision=bf16-mixed)")
+    ap.add_argument("--variants", nargs="+", default=["modtr:none", "modtr:detector", "modtr:both", "finetune_full"])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,18 +82,24 @@ def main() -> None:
         print(json.dumps(one_variant(args.child, args)))
         return
     res = {}
-    for variant in ("modtr", "finetune_full"):
+    for variant in args.variants:
         out = subprocess.run([sys.executable, __file__, "--child", variant, *sys.argv[1:]], capture_output=True,
                              text=True, check=True)
         res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    m, f = res["modtr"], res["finetune_full"]
+    any_run = next(iter(res.values()))
     print(f"{args.detector} + UNet-{args.translator}, batch {args.batch} x {args.size[0]}x{args.size[1]}, "
-          f"{m['device']}, {args.threads} threads, best of {args.rounds} steps")
-    for r in (m, f):
-        print(f"{r['variant']:<14} trainable {r['trainable'] / 1e6:6.2f} M  step {r['step_s']:.3f} s  "
+          f"{any_run['device']}, {args.threads} threads, best of {args.rounds} steps{', bf16 autocast' if args.bf16 else ''}")
+    for r in res.values():
+        print(f"{r['variant']:<16} trainable {r['trainable'] / 1e6:6.2f} M  step {r['step_s']:.3f} s  "
               f"step memory {r['extra_mb']:8.1f} MiB")
-    print(f"ModTr / full FT: time {m['step_s'] / f['step_s']:.2f}x, memory {m['extra_mb'] / f['extra_mb']:.2f}x "
-          f"(goal <= 0.7x)")
+    if "finetune_full" not in res or "modtr:none" not in res:
+        return
+    f, plain = res["finetune_full"], res["modtr:none"]
+    for name in [v for v in res if v.startswith("modtr:")]:
+        m = res[name]
+        print(f"{name:<16} / full FT: memory {m['extra_mb'] / f['extra_mb']:.2f}x (goal <= 0.6x), time "
+              f"{m['step_s'] / f['step_s']:.2f}x; time / ModTr without checkpointing "
+              f"{m['step_s'] / plain['step_s']:.2f}x (goal <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .domains import (DatasetError, DomainDataModule, ImageDataset, KnownClassesMixin, build_transforms, long_tail,
                       sample_shots, stratified_split)
-from .samplers import SeededTrainData, eval_loader
+from .samplers import SeededTrainData, epoch_seed, eval_loader
 
 SCENARIOS = ("standard", "label_shift", "ood")
 TRAIN_ON = ("shots", "unlabelled")
@@ -163,11 +163,12 @@ class FewShotTargetDataModule(KnownClassesMixin, SeededTrainData, L.LightningDat
     def train_dataloader(self) -> DataLoader:
         if self.train_on is None:
             raise ValueError("train_on is unset: the adaptation method sets it (shots or unlabelled)")
+        seed = epoch_seed(self.train_seed, self.shot_seed)  # each shot draw gets its own batch order
         if self.train_on == "unlabelled":
-            return self.seeded_loader(self.pool_train, self.batch_size, self.num_workers)
+            return self.seeded_loader(self.pool_train, self.batch_size, self.num_workers, seed=seed)
         # the paper draws batches with replacement from the k*C shots for a fixed number of steps
         return self.seeded_loader(self.shot_set, self.batch_size, self.num_workers, replacement=True,
-                                  num_samples=self.steps * self.batch_size)
+                                  num_samples=self.steps * self.batch_size, seed=seed)
 
     def val_dataloader(self) -> DataLoader:
         """Labelled held-out shots for few-shot fine-tuning; the unlabelled pool (for SND) for SFDA."""

@@ -80,8 +80,9 @@ class SeededTrainData:
     train_seed: int = 0
 
     def seeded_loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, replacement: bool = False,
-                      num_samples: int | None = None, loader=DataLoader, **kwargs) -> DataLoader:
-        sampler = EpochSeededSampler(dataset, self.train_seed, replacement, num_samples)
+                      num_samples: int | None = None, loader=DataLoader, seed: int | None = None,
+                      **kwargs) -> DataLoader:
+        sampler = EpochSeededSampler(dataset, self.train_seed if seed is None else seed, replacement, num_samples)
         sampler.epoch = getattr(self, "_resume_epoch", 0)
         self._train_sampler = sampler
         # persistent workers would keep the first pass's seeds: workers start afresh each pass instead

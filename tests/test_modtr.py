@@ -372,14 +372,15 @@ def test_modtr_then_finetune_starts_from_a_trained_translator(tmp_path):
 
 def test_detect_cli_names_a_folder_without_images(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    detect = [sys.executable, "-m", "transfer.detect", "--detector", "tiny_fcos", "--num-classes", "4"]
-    res = subprocess.run([*detect, "--detector-weights", "random", str(tmp_path / "empty")], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)
-    assert res.returncode != 0 and "empty: no images found" in res.stderr
-    res = subprocess.run([*detect, "--detector-weights", "random", "--modality", "ir", str(tmp_path / "empty")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert res.returncode != 0 and "--modality ir needs --translator" in res.stderr
     from transfer.detect import main as detect_main
+
+    detect = ["--detector", "tiny_fcos", "--num-classes", "4", "--detector-weights", "random"]
+    with pytest.raises(SystemExit):
+        detect_main([*detect, str(tmp_path / "empty")])
+    assert "empty: no images found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        detect_main([*detect, "--modality", "ir", str(tmp_path / "empty")])
+    assert "--modality ir needs --translator" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):  # no silent random detector: --detector-weights is required
         detect_main(["--detector", "tiny_fcos", str(tmp_path / "empty")])
@@ -387,3 +388,42 @@ def test_detect_cli_names_a_folder_without_images(tmp_path, capsys):
     with pytest.raises(SystemExit):
         detect_main(["--detector", "tiny_fcos", "--detector-weights", "random", str(tmp_path / "nope")])
     assert "nope: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["detector", "translator", "both"])
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_the_detector(which):
+    def step(mode):
+        torch.manual_seed(0)
+        module = ModTrModule(detector={"name": "tiny_fcos", "num_classes": 4, "size": 64},
+                             translator={"name": "unet", "encoder": "resnet18", "pretrained": None},
+                             activation_checkpointing=mode)
+        before = {k: v.clone() for k, v in module.detector.state_dict().items()}
+        torch.manual_seed(1)
+        ir = torch.rand(2, 1, 64, 64)
+        targets = [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+        loss = sum(module.detector.losses(module.translator(ir), targets).values())
+        loss.backward()
+        after = module.detector.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical, frozen
+        assert all(p.grad is None for p in module.detector.parameters())
+        return loss.detach(), {n: p.grad.clone() for n, p in module.translator.named_parameters()}, module
+
+    loss0, grads0, _ = step("none")
+    loss1, grads1, module = step(which)
+    assert torch.equal(loss0, loss1)
+    assert grads0.keys() == grads1.keys()
+    assert max((grads0[k] - grads1[k]).abs().max().item() for k in grads0) < 1e-6
+    names = {type(m).__name__ for m in module.modules()}
+    assert any(n.startswith("Recomputed") for n in names)  # it really is on
+
+
+def test_bf16_autocast_step_on_cpu():
+    torch.manual_seed(0)
+    module = ModTrModule(detector={"name": "tiny_fcos", "num_classes": 4, "size": 64}, translator={"name": "tiny_unet"},
+                         activation_checkpointing="detector")
+    ir = torch.rand(2, 1, 64, 64)
+    targets = [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(module.detector.losses(module.translator(ir), targets).values())
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in module.translator.parameters())

@@ -1,7 +1,10 @@
 """End-to-end runs of the real configs: records, selection, resume, eval entry, determinism, checkpoints."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +138,30 @@ def test_ddp_two_processes_match_single_process_metrics(tmp_path, cache_dir):
     for a, b in zip(rows, single):
         assert (a["split"], a["target"]) == (b["split"], b["target"])
         assert a["metrics"]["acc"] == pytest.approx(b["metrics"]["acc"], abs=1e-6)
+    # the same run on two "nodes": two torchrun launchers (one process each) meeting on 127.0.0.1
+    port = _free_port()
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "transfer.train", *args[:-3],
+            "trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1", f"paths.cache_dir={cache_dir}",
+            f"hydra.run.dir={tmp_path / 'nodes'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(node[:5] + ["--node-rank", str(r)] + node[5:], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    nodes = read_jsonl(tmp_path / "nodes" / "results.jsonl")
+    assert [(r["target"], r["metrics"]) for r in nodes] == [(r["target"], r["metrics"]) for r in rows]
+    a = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "nodes" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # two nodes x 1 process == one node x 2 processes, bit for bit
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_module_entry_works_from_another_directory(tmp_path):

@@ -120,6 +120,53 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class _Recomputed:
+    """Mixin put in front of a module's class by :func:`recompute_in_backward`."""
+
+    def forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+        return super().forward(*args, **kwargs)
+
+
+def recompute_in_backward(module: nn.Module) -> nn.Module:
+    """Activation checkpointing (non-reentrant): ``module`` keeps no activations for the backward pass and runs
+    again there. Its state dict, weights and outputs are unchanged (RNG state is replayed)."""
+    cls = type(module)
+    if not issubclass(cls, _Recomputed):
+        module.__class__ = type(f"Recomputed{cls.__name__}", (_Recomputed, cls), {})
+    return module
+
+
+def recompute_blocks(module: nn.Module) -> list[nn.Module]:
+    """Checkpoint ``module`` block by block (each element of its sequential stages, e.g. every ResNet bottleneck):
+    the backward pass then holds one block's activations at a time instead of the whole network's."""
+    done = []
+    for child in module.children():
+        blocks = list(child) if isinstance(child, nn.Sequential) and len(child) > 1 else [child]
+        for block in blocks:
+            if any(p.numel() for p in block.parameters()):
+                done.append(recompute_in_backward(block))
+    return done
+
+
+def checkpoint_detector(detector: nn.Module) -> list[nn.Module]:
+    """Activation checkpointing of a (frozen) torchvision detector: the backbone block by block, the FPN, and the
+    dense heads of FCOS / RetinaNet (Faster R-CNN's RPN and ROI heads sample proposals and are left as they are)."""
+    backbone = detector.backbone
+    done = recompute_blocks(getattr(backbone, "body", backbone))
+    if hasattr(backbone, "fpn"):
+        done.append(recompute_in_backward(backbone.fpn))
+    head = getattr(detector, "head", None)
+    if head is not None:
+        parts = [getattr(head, n) for n in ("classification_head", "regression_head") if hasattr(head, n)]
+        done += [recompute_in_backward(m) for m in (parts or [head])]
+    return done
+
+
+CHECKPOINTING = ("none", "detector", "translator", "both")
+
+
 class FrozenDetector(nn.Module):
     """A detector whose weights never change unless ``trainable`` says so (fine-tuning baselines).
 

@@ -24,7 +24,8 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
 from transfer.stages import cached_stage
-from transfer.models.detectors import FrozenDetector, create_detector, load_detector_weights
+from transfer.models.detectors import (CHECKPOINTING, FrozenDetector, checkpoint_detector, create_detector,
+                                       load_detector_weights, recompute_blocks)
 from transfer.models.translators import create_translator
 
 from .baselines import HistEqTranslator, IdentityTranslator
@@ -61,11 +62,15 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         keep_labels: list[int] | None = None,
         pretrain: dict[str, Any] | None = None,
+        activation_checkpointing: str = "none",
     ):
         super().__init__()
         self.save_hyperparameters()
         if input_modality not in ("ir", "rgb"):
             raise ValueError(f"input_modality must be ir or rgb, got '{input_modality}'")
+        if activation_checkpointing not in CHECKPOINTING:
+            raise ValueError(f"activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
+                             f"got '{activation_checkpointing}'")
         self.detector = FrozenDetector(create_detector(**detector), trainable=train_detector, name=detector["name"])
         self.translator = build_translator(translator)
         if translator_weights:
@@ -75,8 +80,20 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         for p in self.translator.parameters():
             p.requires_grad_(train_translator)
         self.detector_hash = self.detector.weights_hash()
+        self._checkpoint_activations(activation_checkpointing)
         self.val_maps = self._maps()
         self.test_maps = self._maps()
+
+    def _checkpoint_activations(self, which: str) -> None:
+        """Recompute instead of store: the frozen detector's backbone + FPN and dense head (what dominates a ModTr
+        step's memory at FLIR resolution), and/or the translator's encoder."""
+        if which in ("detector", "both"):
+            checkpoint_detector(self.detector.detector)
+        if which in ("translator", "both"):
+            inner = getattr(self.translator, "net", self.translator)
+            encoder = getattr(inner, "encoder", None)
+            if encoder is not None:  # the UNet's encoder, block by block (the tiny UNet has none: left as is)
+                recompute_blocks(encoder)
 
     def _maps(self) -> torch.nn.ModuleDict:
         names = [self.hparams.input_modality]

@@ -1,0 +1,93 @@
+"""Serving N infrared-like modalities: one frozen detector + N ModTr translators in ``DetectionService`` vs N
+fine-tuned copies of the detector (one per modality), N = 1..4.
+
+    python benchmarks/modtr_serving.py [--detector fcos] [--translator mobilenet_v3_small] [--size 256 320]
+
+Memory = bytes of the distinct parameters and buffers each setup keeps resident (the models themselves; what a
+server holds whatever the traffic). Throughput = images/s on mixed-modality batches (``--batch`` images drawn
+round-robin from the N modalities): the service translates each modality's group and runs the detector once on
+the whole batch; the fine-tuned setup runs each modality's own detector on its group. Prints both as ratios,
+and the per-image time of the service against a lone detector on RGB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def model_bytes(*modules: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+def best_of(fn, rounds: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()  # warm-up
+    sync()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    from transfer.methods.modtr import DetectionService
+    from transfer.models.detectors import FrozenDetector, create_detector
+    from transfer.models.translators import create_translator
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--detector", default="fcos")
+    ap.add_argument("--translator", default="mobilenet_v3_small")
+    ap.add_argument("--size", type=int, nargs=2, default=[256, 320])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-n", type=int, default=4)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    h, w = args.size
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    make = lambda: FrozenDetector(create_detector(args.detector, "random", 91)).to(device)  # noqa: E731 (timing only)
+    detector = make()
+    service = DetectionService(detector, args.detector)
+    lone = best_of(lambda: detector.predict(list(torch.rand(args.batch, 3, h, w, device=device))), args.rounds) / args.batch
+    print(f"{args.detector}, translators UNet-{args.translator}, batch {args.batch} x {h}x{w}, {device}, "
+          f"{args.threads} threads")
+    print(f"lone detector on RGB: {1 / lone:.2f} images/s")
+    fine_tuned = []
+    for n in range(1, args.max_n + 1):
+        service.add_translator(f"ir{n}", create_translator("unet", encoder=args.translator, pretrained=None).to(device))
+        fine_tuned.append(make())
+        mods = [f"ir{1 + i % n}" for i in range(args.batch)]
+        images = [torch.rand(1, h, w, device=device) for _ in range(args.batch)]
+        t_service = best_of(lambda: service.detect(images, mods), args.rounds)
+
+        def per_modality():
+            for k, det in enumerate(fine_tuned):
+                group = [images[i].expand(3, -1, -1) for i, m in enumerate(mods) if m == f"ir{k + 1}"]
+                if group:
+                    det.predict(group)
+
+        t_ft = best_of(per_modality, args.rounds)
+        mem_service = model_bytes(detector, *service.translators.values())
+        mem_ft = model_bytes(*fine_tuned)
+        print(f"N={n}: memory service {mem_service / 2**20:7.1f} MiB vs {n} detectors {mem_ft / 2**20:7.1f} MiB "
+              f"-> {mem_service / mem_ft:.2f}x (goal at N=4: <= 0.5x); images/s service {args.batch / t_service:.2f} "
+              f"vs fine-tuned {args.batch / t_ft:.2f} -> {t_ft / t_service:.2f}x; service per image / lone detector "
+              f"{t_service / args.batch / lone:.2f}x (goal <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
