@@ -206,3 +206,49 @@ def test_audio_loading_resamples_and_names_bad_files(tmp_path):
     lst.write_text("a.flac,bonafide\n")
     wav, label, _ = AudioDataset(read_csv_list(lst), length=4000)[0]
     assert wav.shape == (4000,) and label == 1
+
+
+def test_router_gates_move_from_uniform_and_usage_is_gate_mass():
+    """Zero-init routers start uniform (usage reports 1/E each, not '100 % expert 0'); training on inputs from
+    two clusters that need different updates moves the gates apart."""
+    m = _model()
+    routers = list(inject_moe_lora(m, MoELoRAConfig(num_experts=4, rank=2, top_k=None)).values())
+    m.eval()
+    with torch.no_grad():
+        m(torch.randn(4, 5, 8))
+    for r in routers:
+        assert torch.allclose(r.usage / r.usage.sum(), torch.full((4,), 0.25))
+        r.usage.zero_()
+    m.train()
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(2, 8, generator=g) * 3
+    x = torch.cat([centres[0] + 0.1 * torch.randn(16, 5, 8, generator=g), centres[1] + 0.1 * torch.randn(16, 5, 8, generator=g)])
+    target = torch.cat([torch.ones(16, 5, 8), -torch.ones(16, 5, 8)])
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        (m(x) - target).square().mean().backward()
+        opt.step()
+    gates = routers[0].gates.detach().reshape(-1, 4)
+    assert (gates - 0.25).abs().max() > 0.05  # moved away from uniform
+    assert (gates[:80].mean(0) - gates[80:].mean(0)).abs().max() > 0.02  # and differ between the two clusters
+
+
+def test_aasist_backend_shapes_gradients_and_graph_invariance():
+    from transfer.models.aasist import AASISTBackend, GraphAttention
+    from transfer.models.wav2vec2 import SpoofClassifier
+
+    torch.manual_seed(0)
+    head = AASISTBackend(32, dim=24, channels=(8, 8), graph_dim=16)
+    frames = torch.randn(3, 40, 32, requires_grad=True)
+    logits = head(frames)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    logits[:, 1].sum().backward()
+    assert frames.grad.abs().sum() > 0 and all(p.grad is not None for p in head.parameters() if p.requires_grad)
+    gat = GraphAttention(16, 16).eval()  # attention over a fully connected graph: node order does not matter
+    x, perm = torch.randn(2, 7, 16), torch.randperm(7)
+    assert torch.allclose(gat(x)[:, perm], gat(x[:, perm]), atol=1e-5)
+    net = SpoofClassifier("tiny", backend="aasist", backend_kwargs={"dim": 24, "channels": [8, 8], "graph_dim": 16})
+    assert net(torch.randn(2, 4000)).shape == (2, 2)
+    with pytest.raises(ValueError, match="backend must be one of mlp, aasist"):
+        SpoofClassifier("tiny", backend="rawnet")

@@ -3,43 +3,26 @@ and PACS split files, Dassl's splits/): class names follow the lists, official s
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+import real_fixtures as rf
 from datamodules import DatasetError, DomainDataModule
 from datamodules.fewshot import FewShotTargetDataModule
 
 
-def _img(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(path)
-    return path
-
-
-def _write_list(root: Path, rel: str, lines: list[str]) -> None:
-    f = root / rel
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text("\n".join(lines) + "\n")
-
-
-# TLlib's Office-Home lists use the order of tllib OfficeHome.CLASSES: Drill = 0, Alarm_Clock = 33, TV = 56.
-TLLIB_OFFICEHOME = {"Drill": 0, "Alarm_Clock": 33, "TV": 56}
+TLLIB_OFFICEHOME = rf.TLLIB_OFFICEHOME
 
 
 @pytest.fixture
 def officehome_tllib(tmp_path) -> Path:
-    root = tmp_path / "office_home"
-    for domain in ("Art", "Clipart"):
-        lines = []
-        for cls, label in TLLIB_OFFICEHOME.items():
-            for i in range(5):
-                _img(root / domain / cls / f"{i:05d}.jpg")
-                lines.append(f"{domain}/{cls}/{i:05d}.jpg {label}")
-        _write_list(root, f"image_list/{domain}.txt", lines)
+    root = rf.office_home_tllib(tmp_path, domains=("Art", "Clipart"))
     for cls in TLLIB_OFFICEHOME:  # the original release's folder name, read as an ImageFolder
-        _img(root / "Real World" / cls / "00001.jpg")
+        rf.img(root / "Real World" / cls / "00001.jpg")
     return root
+
+
+def _write_list(root: Path, rel: str, lines: list[str]) -> None:
+    rf.write(root / rel, "\n".join(lines) + "\n")
 
 
 def test_officehome_class_names_follow_the_tllib_lists(officehome_tllib):
@@ -81,20 +64,11 @@ def test_source_too_small_for_val_ratio_says_so(officehome_tllib):
         dm.setup()
 
 
-# DomainNet's official lists: label order of the release (not Python's sorted(): 'The_Eiffel_Tower' sorts first).
-DOMAINNET = {"aircraft_carrier": 0, "The_Eiffel_Tower": 300, "zebra": 344}
+DOMAINNET = rf.DOMAINNET
 
 
 def _domainnet(root: Path, prefix: str) -> Path:
-    for domain in ("clipart", "sketch"):
-        for split, idx in (("train", range(0, 4)), ("test", range(4, 6))):
-            lines = []
-            for cls, label in DOMAINNET.items():
-                for i in idx:
-                    _img(root / domain / cls / f"{domain}_{i:03d}.jpg")
-                    lines.append(f"{domain}/{cls}/{domain}_{i:03d}.jpg {label}")
-            _write_list(root, f"{prefix}{domain}_{split}.txt", lines)
-    return root
+    return rf.domainnet(root.parent, prefix, domains=("clipart", "sketch"))
 
 
 @pytest.mark.parametrize("prefix,layout", [("", "official"), ("image_list/", "TLlib"), ("splits/", "Dassl")])
@@ -122,23 +96,11 @@ def test_domainnet_without_lists_refuses_to_fall_back_silently(tmp_path):
     assert any("not the official domainnet split" in n for n in dm.data_summary()["notes"])
 
 
-PACS = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+PACS = rf.PACS
 
 
 def _pacs(root: Path, image_dir: str, list_dir: str, with_test: bool) -> Path:
-    """Lines as the release writes them: '<domain>/<class>/<file> <1-based label>'."""
-    for domain in ("photo", "sketch"):
-        splits = {"train": [], "crossval": [], "test": []}
-        for ci, cls in enumerate(PACS):
-            for i in range(5):
-                rel = f"{domain}/{cls}/{cls}_{i}.jpg"
-                _img(root / image_dir / rel)
-                splits["crossval" if i == 4 else "train"].append(f"{rel} {ci + 1}")
-                splits["test"].append(f"{rel} {ci + 1}")
-        for split, lines in splits.items():
-            if split != "test" or with_test:
-                _write_list(root, f"{list_dir}{domain}_{split}_kfold.txt", lines)
-    return root
+    return rf.pacs(root.parent, image_dir, list_dir, with_test)
 
 
 @pytest.mark.parametrize("image_dir,list_dir,with_test", [("kfold", "", True), ("images", "splits/", False)])

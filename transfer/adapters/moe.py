@@ -56,7 +56,7 @@ class Router(nn.Module):
         self.num_experts, self.top_k, self.routing = num_experts, top_k, routing
         self.gates: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
-        self.register_buffer("usage", torch.zeros(num_experts), persistent=False)  # top-1 counts, for analysis
+        self.register_buffer("usage", torch.zeros(num_experts), persistent=False)  # gate mass, for analysis
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.routing == "utterance":
@@ -71,8 +71,8 @@ class Router(nn.Module):
             gates = probs * mask
             gates = gates / gates.sum(-1, keepdim=True)
         self.logits, self.gates = logits, gates
-        if not self.training:
-            self.usage += torch.bincount(probs.argmax(-1).flatten(), minlength=self.num_experts).to(self.usage)
+        if not self.training:  # gate mass per expert (with uniform gates every expert gets the same share)
+            self.usage += gates.detach().reshape(-1, self.num_experts).sum(0).to(self.usage)
         return gates
 
 

@@ -130,18 +130,37 @@ def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module
     return model
 
 
-class SpoofClassifier(nn.Module):
-    """wav2vec2 -> mean + max pooling over time -> MLP -> logits (class 1 = bona fide)."""
+class MeanMaxPool(nn.Module):
+    """[B, T, D] -> [B, 2D]: mean and max over time."""
 
-    def __init__(self, backbone: str = "tiny", weights: str | None = None, hidden: int = 64):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(1), x.amax(1)], -1)
+
+
+BACKENDS = ("mlp", "aasist")
+
+
+class SpoofClassifier(nn.Module):
+    """wav2vec2 frames -> back-end -> logits (class 1 = bona fide). ``backend``: ``mlp`` (mean + max pooling over
+    time, MLP) or ``aasist`` (the spectro-temporal graph attention back-end of SSL-AASIST, ``models/aasist.py``)."""
+
+    def __init__(self, backbone: str = "tiny", weights: str | None = None, hidden: int = 64, backend: str = "mlp",
+                 backend_kwargs: dict | None = None):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
         self.backbone = create_wav2vec2(backbone, weights)
         d = CONFIGS[backbone]["encoder_embed_dim"]
-        self.head = nn.Sequential(nn.Linear(2 * d, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        if backend == "mlp":
+            self.head = nn.Sequential(MeanMaxPool(), nn.Linear(2 * d, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        else:
+            from transfer.models.aasist import AASISTBackend
+
+            self.head = AASISTBackend(d, **(backend_kwargs or {}))
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
-        x, _ = self.backbone(wav)
-        return torch.cat([x.mean(1), x.amax(1)], -1)
+        """The backbone's frames [B, T, D]."""
+        return self.backbone(wav)[0]
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(wav))

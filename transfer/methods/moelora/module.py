@@ -2,7 +2,7 @@
 the attention projections) or moe (MoE-LoRA: E experts + a router per attention block).
 
 Scores are log P(bona fide). Testing gives, per named set, the EER, the EER per attack, an ASVspoof score
-file (``scores_<set>.txt``) and the experts' top-1 usage (``expert_usage.json`` + PNG); ``ood_mean`` is the
+file (``scores_<set>.txt``) and the experts' usage as gate mass per set (``expert_usage.json`` + PNG); ``ood_mean`` is the
 unweighted mean EER over every test set but ``in_domain``.
 """
 
@@ -33,17 +33,18 @@ MODES = ("full", "head", "lora", "moe")
 
 
 class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
-    architecture_keys = ("backbone", "mode")
+    architecture_keys = ("backbone", "mode", "backend")
 
     def __init__(self, backbone: str = "tiny", weights: str | None = None, mode: str = "moe", lora_rank: int = 8,
                  moe: dict[str, Any] | None = None, targets: list[str] | None = None, lambda_aux: float = 0.01,
                  z_loss: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 class_weights: list[float] | None = None, in_domain: str = "eval", pretext: dict | None = None):
+                 class_weights: list[float] | None = None, in_domain: str = "eval", pretext: dict | None = None,
+                 backend: str = "mlp", backend_kwargs: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
-        self.net = SpoofClassifier(backbone, weights)
+        self.net = SpoofClassifier(backbone, weights, backend=backend, backend_kwargs=backend_kwargs)
         targets = targets or ["q_proj", "k_proj", "v_proj", "out_proj"]
         self.adapter_only_checkpoints = mode in ("lora", "moe", "head")
         if mode == "head":
@@ -105,9 +106,9 @@ class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
         score = self(wav).log_softmax(-1)[:, 1]
         self._scores[idx] += list(zip(index.tolist(), score.tolist(), label.tolist()))
         if self.hparams.mode == "moe":
-            counts = sum(torch.bincount(r.logits.argmax(-1).flatten(), minlength=r.num_experts).float()
-                         for r in routers_of(self.net))
-            self._usage[idx] = self._usage.get(idx, 0) + counts.cpu()
+            # gate mass per expert (summed gate weights), not top-1 counts: uniform gates show as uniform use
+            mass = sum(r.gates.detach().reshape(-1, r.num_experts).float().sum(0) for r in routers_of(self.net))
+            self._usage[idx] = self._usage.get(idx, 0) + mass.cpu()
 
     def _gathered(self) -> dict[int, list]:
         scores = dict(self._scores)
