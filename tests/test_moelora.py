@@ -163,3 +163,10 @@ def test_moelora_toy_is_learnable_and_held_out_attacks_are_harder(tmp_path):
     assert m[("full", "eval")] <= 0.10
     for variant in ("full", "lora_r8", "moe_e4_r2"):
         assert m[(variant, "ood_attacks")] > m[(variant, "eval")] + 0.1
+
+
+def test_random_backbone_on_purpose_is_recorded_in_every_row(make_cfg, tmp_path):
+    rows = run(make_cfg(*TINY, "model.weights=random", "model.pretext=null", "model.mode=head", run_dir=tmp_path / "run"))
+    assert rows and all(r["random_init"] == ["net.backbone"] for r in rows)
+    plain = run(make_cfg(*TINY, "model.pretext=null", "model.mode=head", run_dir=tmp_path / "plain"))
+    assert all("random_init" not in r for r in plain)  # the toy's tiny backbone needs no pretrained weights
