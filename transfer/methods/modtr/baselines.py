@@ -1,10 +1,14 @@
 """Non-learned "translators" for the ModTr baselines: identity (zero-shot / fine-tuning) and histogram
-equalisation (the paper's Table 1 no-learning row)."""
+equalisation (the paper's Table 1 no-learning row); ``build_translator`` makes any translator from its spec."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from transfer.models.translators import create_translator
 
 
 class IdentityTranslator(nn.Module):
@@ -30,3 +34,13 @@ class HistEqTranslator(nn.Module):
         lut = ((cdf - cdf_min) / (cdf[:, -1:] - cdf_min).clamp_min(1)).clamp(0, 1)
         out = lut.gather(1, levels).view_as(grey)
         return out[:, None].expand(-1, 3, -1, -1)
+
+
+def build_translator(spec: dict[str, Any]) -> torch.nn.Module:
+    spec = dict(spec)
+    name = spec.pop("name", "unet")
+    if name == "identity":
+        return IdentityTranslator()
+    if name == "histeq":
+        return HistEqTranslator()
+    return create_translator(name, **spec)

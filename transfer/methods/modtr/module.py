@@ -26,22 +26,12 @@ from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpoi
 from transfer.stages import cached_stage
 from transfer.models.detectors import (CHECKPOINTING, FrozenDetector, checkpoint_detector, create_detector,
                                        load_detector_weights, recompute_blocks)
-from transfer.models.translators import create_translator
 
-from .baselines import HistEqTranslator, IdentityTranslator
+from .baselines import build_translator
+from .service import load_translator_state
 
 DEFAULT_LOSS_WEIGHT = 1.0
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # one INFO table per compute() otherwise
-
-
-def build_translator(spec: dict[str, Any]) -> torch.nn.Module:
-    spec = dict(spec)
-    name = spec.pop("name", "unet")
-    if name == "identity":
-        return IdentityTranslator()
-    if name == "histeq":
-        return HistEqTranslator()
-    return create_translator(name, **spec)
 
 
 class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
@@ -74,8 +64,6 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         self.detector = FrozenDetector(create_detector(**detector), trainable=train_detector, name=detector["name"])
         self.translator = build_translator(translator)
         if translator_weights:
-            from .service import load_translator_state
-
             self.translator.load_state_dict(load_translator_state(translator_weights))
         for p in self.translator.parameters():
             p.requires_grad_(train_translator)

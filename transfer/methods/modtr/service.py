@@ -19,7 +19,7 @@ from transfer.stages import save_tensors
 from transfer.weights import load_checkpoint_file
 from transfer.models.detectors import FrozenDetector
 
-from .baselines import IdentityTranslator
+from .baselines import IdentityTranslator, build_translator
 
 FORMAT = "transfer-modtr-translator/1"
 
@@ -56,8 +56,6 @@ def load_translator_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_translator(path: str | Path) -> tuple[nn.Module, dict]:
-    from .module import build_translator
-
     meta = read_translator_meta(path)
     translator = build_translator(meta["translator"])
     translator.load_state_dict(load_file(str(path)))
