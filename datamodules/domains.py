@@ -126,7 +126,7 @@ class DomainDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule
         self._classes: tuple[str, ...] | None = None
         self.num_known, self.known_seed = num_known, known_seed
         self._files: dict[str, DomainFiles] = {}
-        self._parsed: dict[Path, list[ListEntry]] = {}
+        self._parsed: dict[Path, list] = {}  # list file -> entries, ImageFolder -> samples: each read once
         self.summary = DataSummary()
         self._ready = False
 
@@ -195,6 +195,12 @@ class DomainDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule
             out[split] = self._parsed[path]
         return out
 
+    def _scan(self, folder: Path) -> list[tuple[Path, int]]:
+        """An ImageFolder's samples, walked once (setup and the summary's count share it)."""
+        if folder not in self._parsed:
+            self._parsed[folder] = scan_image_folder(folder, self.all_classes)
+        return self._parsed[folder]
+
     @property
     def all_classes(self) -> tuple[str, ...]:
         if self._classes is None:
@@ -245,7 +251,7 @@ class DomainDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule
         if f.folder is not None:
             if split != "all":
                 raise DatasetError(f"{f.folder}: an ImageFolder has no official '{split}' split")
-            samples, where = scan_image_folder(f.folder, self.all_classes), f.folder
+            samples, where = list(self._scan(f.folder)), f.folder
         else:
             entries = self._entries(name)
             if split == "all":
@@ -348,7 +354,7 @@ class DomainDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule
         """Files of the whole domain as distributed (before any filtering), to compare with the release."""
         f = self.files(name)
         if f.folder is not None:
-            return len(scan_image_folder(f.folder, self.all_classes))
+            return len(self._scan(f.folder))
         return len({e.path for es in self._entries(name).values() for e in es})
 
     def data_summary(self) -> dict:
