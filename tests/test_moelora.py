@@ -16,7 +16,7 @@ from transfer.methods.moelora import SpoofModule
 from transfer.records import read_jsonl
 from transfer.train import run
 
-TINY = ["experiment=moelora_toy", "variants=null", "data.n_train=12", "data.n_dev=4", "data.n_eval=6",
+TINY = ["experiment=moelora_toy", "variants=null", "sweep=null", "data.n_train=12", "data.n_dev=4", "data.n_eval=6",
         "data.n_ood=8", "data.batch_size=8", "model.pretext.clips=16", "model.pretext.steps=2",
         "trainer.max_steps=3", "callbacks=plain"]
 
@@ -155,14 +155,23 @@ def test_fairseq_checkpoint_loads_with_an_argparse_namespace(tmp_path):
 
 
 @pytest.mark.slow
-def test_moelora_toy_is_learnable_and_held_out_attacks_are_harder(tmp_path):
+def test_moelora_toy_ood_is_learnable_but_not_from_seen_attacks(tmp_path):
+    """Mean over 3 seeds: every variant detects the seen attacks (eval EER <= 5 %); an oracle trained on clips drawn
+    like the OOD sets reaches OOD mean EER < 10 %, so the OOD sets are learnable, while the variants trained on
+    seen attacks stay >= 5 points above it. MoE-LoRA vs single LoRA is printed, not asserted: on this toy MoE
+    did not beat LoRA (see the README's toy table)."""
     res = run_toy("moelora_toy", tmp_path, "callbacks=plain", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    m = {(r["variant"], r["target"]): r["metrics"]["eer"] for r in read_jsonl(tmp_path / "run" / "results.jsonl")
-         if r["split"] == "test"}
-    assert m[("full", "eval")] <= 0.10
+    import csv
+
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "summary.csv").open()) if r["metric"] == "eer"]
+    mean = {(r["variant"], r["target"]): float(r["mean"]) for r in rows}
+    print({k: round(v, 4) for k, v in mean.items() if k[1] in ("eval", "ood_mean")})
+    assert {int(r["n"]) for r in rows} == {3}
+    assert mean[("oracle", "ood_mean")] < 0.10
     for variant in ("full", "lora_r8", "moe_e4_r2"):
-        assert m[(variant, "ood_attacks")] > m[(variant, "eval")] + 0.1
+        assert mean[(variant, "eval")] <= 0.05
+        assert mean[(variant, "ood_mean")] >= mean[("oracle", "ood_mean")] + 0.05
 
 
 def test_random_backbone_on_purpose_is_recorded_in_every_row(make_cfg, tmp_path):

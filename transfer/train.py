@@ -156,20 +156,25 @@ def run(cfg: DictConfig) -> list[dict]:
 
 
 def run_sweep(cfg: DictConfig) -> list[dict]:
-    """``sweep: {key: [values]}``: the run once per value (e.g. ``data.shot_seed: [0, 1, 2]``)."""
+    """``sweep: {key: [values]}``: the run once per value (e.g. ``data.shot_seed: [0, 1, 2]``). Several keys with
+    lists of one length are zipped, point i taking the i-th value of each (e.g. head seed and pre-training seed)."""
     sweep = cfg.get("sweep")
     if not sweep:
         return run_folds(cfg)
-    if len(sweep) != 1:
-        raise ValueError(f"sweep takes one key (got {list(sweep)}); cross more with variants or scenarios")
-    (key, values), = sweep.items()
+    keys = list(sweep)
+    lengths = {k: len(sweep[k]) for k in keys}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"sweep keys are zipped point by point and need lists of one length, got {lengths}; "
+                         f"cross values with variants or scenarios instead")
     out, rows = Path(cfg.paths.output_dir), []
-    for value in values:
+    for values in zip(*(sweep[k] for k in keys)):
+        point = ",".join(f"{k}={v}" for k, v in zip(keys, values))
         sub = cfg.copy()
         with open_dict(sub):
-            sub.sweep, sub.sweep_point = None, f"{key}={value}"
-            sub.paths.output_dir, sub.paths.results_file = str(out / f"{key}={value}"), str(cfg.paths.results_file)
-        OmegaConf.update(sub, key, value, force_add=True)
+            sub.sweep, sub.sweep_point = None, point
+            sub.paths.output_dir, sub.paths.results_file = str(out / point), str(cfg.paths.results_file)
+        for k, v in zip(keys, values):
+            OmegaConf.update(sub, k, v, force_add=True)
         rows += run_folds(sub)
     return rows
 
