@@ -43,7 +43,7 @@ def best_of(fn, rounds: int) -> float:
 
 def main() -> None:
     from transfer.methods.modtr import DetectionService
-    from transfer.models.detectors import FrozenDetector, create_detector
+    from transfer.models.detectors import TorchvisionDetector, create_detector
     from transfer.models.translators import create_translator
 
     ap = argparse.ArgumentParser()
@@ -59,7 +59,7 @@ def main() -> None:
     torch.manual_seed(0)
     h, w = args.size
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    make = lambda: FrozenDetector(create_detector(args.detector, "random", 91)).to(device)  # noqa: E731 (timing only)
+    make = lambda: TorchvisionDetector(create_detector(args.detector, "random", 91)).to(device)  # noqa: E731 (timing only)
     detector = make()
     service = DetectionService(detector, args.detector)
     lone = best_of(lambda: detector.predict(list(torch.rand(args.batch, 3, h, w, device=device))), args.rounds) / args.batch

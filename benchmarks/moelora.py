@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from transfer.methods.moelora import SpoofModule
+from transfer.methods.moelora import DeepfakeDetectionModule
 
 VARIANTS = {
     "full": dict(mode="full"),
@@ -39,7 +39,7 @@ def main() -> None:
     label = torch.randint(0, 2, (args.batch,), device=device)
     models, opts = {}, {}
     for name, kw in VARIANTS.items():
-        m = SpoofModule(backbone=args.backbone, weights="random", **kw).to(device).train()  # timing only
+        m = DeepfakeDetectionModule(backbone=args.backbone, weights="random", **kw).to(device).train()  # timing only
         models[name] = m
         opts[name] = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4)
 

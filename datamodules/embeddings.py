@@ -92,7 +92,9 @@ class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
             log.warning("%s: cached by encoder %s, not %s; rebuilding", path, meta.get("encoder"), self.encoder.identity)
         if len(ds) == 0:
             raise DatasetError(f"split '{name}' has no images (too few per class for the split ratio?)")
-        loader = DataLoader(ds, batch_size=self.encode_batch_size, num_workers=self.domains.num_workers)
+        # its own generator: encoding on a cache miss must not move the run's global random stream
+        loader = DataLoader(ds, batch_size=self.encode_batch_size, num_workers=self.domains.num_workers,
+                            generator=torch.Generator().manual_seed(0))
         z = torch.cat([self.encoder.encode_images(x) for x, _, _ in loader]).float().contiguous()
         self.encoded += len(ds)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -188,6 +188,13 @@ def test_toy_variants_run_and_compare(make_cfg, tmp_path):
     for r in test:  # the table reports exactly the rows' numbers
         assert f"{r['variant']},infrared,acc,1,{r['metrics']['acc']:.6f},0.000000" in summary
     assert len({round(r["metrics"]["acc"], 6) for r in test}) > 1  # the variants are really different models
+    # the same table, rebuilt afterwards from the run's records alone
+    from transfer.collect import main as collect_main
+
+    assert collect_main([str(tmp_path / "run"), "--out", str(tmp_path / "collected")]) == 0
+    assert (tmp_path / "collected" / "summary.csv").read_text() == "\n".join(summary) + "\n"
+    with pytest.raises(SystemExit):
+        collect_main([str(tmp_path / "nowhere")])
 
 
 def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
@@ -206,19 +213,19 @@ def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
-def test_landa_toy_text_guided_heads_beat_the_source_probe_and_lads(tmp_path):
-    """On the toy, mean over five tiny-CLIP pre-training seeds (each with its own head seed), LanDA lifts target
-    accuracy above the source-only linear probe and LADS with no target image (measured on the 2-core CI machine:
-    LP 63.4, LADS 64.5, LanDA 70.7, zero-shot 67.5; LanDA-LP per seed 6.3, 18.0, 8.0, -2.7, 7.0). The orderings
-    against zero-shot and LADS > LP change with the pre-training seed (three more seeds: LADS below LP by 9-17
-    points) and are printed, not asserted."""
-    res = run_toy("landa_toy", tmp_path)
+def test_landa_toy_beats_its_baselines_over_pretraining_seeds(tmp_path):
+    """The issue's targets on the toy's target domain, mean over eight tiny-CLIP pre-training seeds (each with its
+    own head seed): LADS > LP, LanDA >= LADS, LanDA >= LP + 2 points and >= zero-shot + 2 points, with no target
+    image. The seed decides much (LanDA 61-77 %), so the margins are asserted on the mean only."""
+    res = run_toy("landa_toy", tmp_path, "callbacks=plain", timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     import csv
 
     rows = [r for r in csv.DictReader((tmp_path / "run" / "summary.csv").open()) if r["metric"] == "acc"]
-    mean = {(r["variant"], r["target"]): float(r["mean"]) for r in rows}
-    print({v: round(m, 4) for (v, t), m in mean.items() if t == "infrared"})
-    assert {int(r["n"]) for r in rows if r["target"] == "infrared"} == {5}
-    assert mean[("landa", "infrared")] >= mean[("lp", "infrared")] + 0.02
-    assert mean[("landa", "infrared")] >= mean[("lads", "infrared")] + 0.02
+    mean = {r["variant"]: float(r["mean"]) for r in rows if r["target"] == "infrared"}
+    print({v: round(m, 4) for v, m in mean.items()})
+    assert {int(r["n"]) for r in rows if r["target"] == "infrared"} == {8}
+    assert mean["lads"] > mean["lp"]
+    assert mean["landa"] >= mean["lads"]
+    assert mean["landa"] >= mean["lp"] + 0.02
+    assert mean["landa"] >= mean["zero_shot"] + 0.02

@@ -17,7 +17,7 @@ from datamodules.synthetic import SyntheticRGBIRDataModule
 from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.methods.modtr import DetectionService, HistEqTranslator, ModTrModule, load_translator, save_translator
 from transfer.methods.modtr.service import TranslatorMismatchError
-from transfer.models.detectors import FrozenDetector, create_detector
+from transfer.models.detectors import TorchvisionDetector, create_detector
 from transfer.models.translators import FUSIONS, create_translator, fuse
 from transfer.records import read_jsonl
 
@@ -156,7 +156,7 @@ def _batch(n=2, size=32):
 
 
 def test_frozen_detector_keeps_params_and_buffers_and_passes_gradients_to_input():
-    det = FrozenDetector(_bn_tiny_fcos())
+    det = TorchvisionDetector(_bn_tiny_fcos())
     before = {k: v.clone() for k, v in det.state_dict().items()}
     translator = create_translator("tiny_unet")
     opt = torch.optim.AdamW(translator.parameters(), lr=1e-2)

@@ -12,7 +12,7 @@ import torch
 from conftest import run_toy
 from datamodules.audio import rawboost
 from transfer.checkpoints import IncompatibleCheckpointError
-from transfer.methods.moelora import SpoofModule
+from transfer.methods.moelora import DeepfakeDetectionModule
 from transfer.records import read_jsonl
 from transfer.train import run
 
@@ -53,7 +53,7 @@ def test_moe_checkpoint_holds_only_adapters_and_head_and_refuses_another_backbon
     ckpt = torch.load(out / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     keys = set(ckpt["state_dict"])
     assert keys and all(("lora_" in k) or ("moe_router" in k) or k.startswith("net.head.") for k in keys)
-    other = SpoofModule(backbone="tiny", mode="lora", lora_rank=8)
+    other = DeepfakeDetectionModule(backbone="tiny", mode="lora", lora_rank=8)
     with pytest.raises(IncompatibleCheckpointError, match="different model.*mode='moe'"):
         other.on_load_checkpoint(ckpt)
 
@@ -61,10 +61,10 @@ def test_moe_checkpoint_holds_only_adapters_and_head_and_refuses_another_backbon
 def test_modes_train_what_they_should():
     for mode, allowed in (("head", ("net.head.",)), ("lora", ("lora_", "net.head.")),
                           ("moe", ("lora_", "moe_router", "net.head."))):
-        m = SpoofModule(backbone="tiny", mode=mode)
+        m = DeepfakeDetectionModule(backbone="tiny", mode=mode)
         names = [n for n, p in m.named_parameters() if p.requires_grad]
         assert names and all(any(a in n for a in allowed) for n in names), mode
-    full = SpoofModule(backbone="tiny", mode="full")
+    full = DeepfakeDetectionModule(backbone="tiny", mode="full")
     assert all(p.requires_grad for p in full.parameters())
 
 

@@ -128,13 +128,13 @@ def test_whole_volume_inference_on_odd_sizes(net):
 
 
 def test_sah_module_scores_odd_lps_volumes_case_by_case(tmp_path):
-    from transfer.methods.sah.module import SegTransferModule
+    from transfer.methods.sah.module import SegmentationModule
 
     root = rf.sah_datalist(tmp_path)
     folds_main(["make", f"datalist={root / 'datalist.json'}", "k=3", "seed=0", f"out={root / 'folds.json'}"])
     dm = VolumeDataModule(str(root / "datalist.json"), str(root / "folds.json"), fold=0, roi=[32, 32, 8])
     dm.setup()
-    module = SegTransferModule(net={"name": "unet", "channels": [4, 8, 16], "strides": [2, 2]}).eval()
+    module = SegmentationModule(net={"name": "unet", "channels": [4, 8, 16], "strides": [2, 2]}).eval()
     for i in range(len(dm.test_set)):
         item = dm.test_set[i]
         prob = module._probabilities(item["image"][None])

@@ -274,3 +274,29 @@ def test_eval_with_a_garbage_checkpoint_says_it_is_not_one(tmp_path):
     res = _cli("transfer.eval", "experiment=source_only_toy", *TINY[:-3], f"ckpt_path={bad}",
                f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert res.returncode != 0 and f"{bad}: not a" in res.stderr and "weights_only=False" not in res.stderr
+
+
+def test_building_a_cached_stage_leaves_the_callers_random_state_alone(tmp_path):
+    """A stage built on a cache miss (it seeds and trains) and the same stage read from the cache leave the run with
+    the same random state, so a result does not depend on what was cached before."""
+    import random
+
+    import numpy as np
+
+    from transfer.stages import cached_stage
+
+    def build():
+        torch.manual_seed(123)
+        np.random.seed(5)
+        random.seed(7)
+        return {"w": torch.randn(3) + float(np.random.rand()) + random.random()}
+
+    def draw():
+        return torch.rand(2).tolist(), float(np.random.rand()), random.random()
+
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    cached_stage(tmp_path / "stage.safetensors", build)  # miss: built
+    after_miss = draw()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    cached_stage(tmp_path / "stage.safetensors", build)  # hit: read
+    assert draw() == after_miss

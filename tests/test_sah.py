@@ -16,7 +16,7 @@ from conftest import run_toy
 from datamodules import DatasetError
 from datamodules.volumes import VolumeDataModule, load_datalist, make_folds, read_folds, write_folds
 from transfer.metrics.clinical import cases_from_csv, hd95_mm, regression, volume_bin, volume_ml
-from transfer.methods.sah import SegTransferModule
+from transfer.methods.sah import SegmentationModule
 from transfer.models.unets import MVNet, create_segmentation_net
 from transfer.records import read_jsonl
 from transfer.report import build_report
@@ -84,7 +84,7 @@ def test_per_case_csv_matches_hand_computed_dice(tmp_path):
     folds = tmp_path / "folds.json"
     write_folds(folds, datalist, {"c0": 0}, 1, 0, None, load_datalist(datalist))
     dm = VolumeDataModule(str(datalist), str(folds), fold=0, flip=0.0)
-    module = SegTransferModule(net=NET, strategy="none")
+    module = SegmentationModule(net=NET, strategy="none")
     module.net = ThresholdNet()
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.test(module, datamodule=dm, verbose=False)
@@ -169,7 +169,7 @@ def test_mv_network_size_and_groups():
 
 @pytest.mark.parametrize("strategy,group", [("module", "decoding"), ("convlora", "all"), ("cp_dora", "deep")])
 def test_strategies_train_only_what_they_should(strategy, group):
-    module = SegTransferModule(net=NET, strategy=strategy, group=group, rank=2)
+    module = SegmentationModule(net=NET, strategy=strategy, group=group, rank=2)
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable
     if strategy == "module":
@@ -264,14 +264,14 @@ def test_folds_from_the_datalist_fold_keys(tmp_path):
 
 def test_transfer_stage_starts_from_a_pretraining_checkpoint(tmp_path):
     """model.pretrained accepts the Lightning checkpoint of the pre-training stage (keys prefixed 'net.')."""
-    pre = SegTransferModule(net=NET, strategy="full")
+    pre = SegmentationModule(net=NET, strategy="full")
     with torch.no_grad():
         for p in pre.parameters():
             p.add_(0.1)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=0)
     trainer.strategy.connect(pre)
     trainer.save_checkpoint(tmp_path / "pre.ckpt", weights_only=True)
-    stage2 = SegTransferModule(net=NET, strategy="convlora", rank=2, pretrained=str(tmp_path / "pre.ckpt"))
+    stage2 = SegmentationModule(net=NET, strategy="convlora", rank=2, pretrained=str(tmp_path / "pre.ckpt"))
     x = torch.rand(1, 1, 8, 8, 8)
     pre.eval(), stage2.eval()
     assert torch.allclose(stage2(x), pre(x), atol=1e-6)  # adapters start at zero: same function as stage 1

@@ -75,8 +75,9 @@ def test_same_seed_same_numbers(make_cfg, tmp_path):
 def test_selection_last_and_oracle_are_recorded(make_cfg, tmp_path):
     rows = run(make_cfg("experiment=source_only_toy", *TINY, "selection=last", run_dir=tmp_path / "last"))
     assert {r["selection"] for r in rows} == {"last"} and Path(rows[0]["checkpoint"]).name == "last.ckpt"
+    assert {r["selection_reads_target_labels"] for r in rows} == {False}
     rows = run(make_cfg("experiment=source_only_toy", *TINY, "selection=oracle", run_dir=tmp_path / "oracle"))
-    assert {r["selection"] for r in rows} == {"oracle"}
+    assert {r["selection"] for r in rows} == {"oracle"} and {r["selection_reads_target_labels"] for r in rows} == {True}
     assert "target_acc" in next(r for r in rows if r["split"] == "val")["metrics"]
 
 

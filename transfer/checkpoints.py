@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from transfer.adapters import adapter_state_dict
+from transfer.models.registry import state_dict_fit
 from transfer.stages import atomic_path
 from transfer.weights import CheckpointFileError, load_checkpoint_file
 
@@ -38,11 +39,10 @@ class IncompatibleCheckpointError(RuntimeError):
 
 def check_compatible(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
                      what: str = "checkpoint", hint: str = "") -> None:
-    missing = [k for k in own if k not in theirs]
-    unexpected = [k for k in theirs if k not in own]
-    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
+    fit = state_dict_fit(own, theirs)
+    missing, unexpected = fit.missing, fit.unexpected
+    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in fit.mis_shaped]
+    if not fit.ok:
         parts = []
         if shapes:
             parts.append(f"{len(shapes)} tensors differ in shape (e.g. {shapes[0]})")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from datamodules.detection import IMAGE_EXTENSIONS, load_image
-from transfer.models.detectors import FrozenDetector, create_detector
+from transfer.models.detectors import TorchvisionDetector, create_detector
 from transfer.records import atomic_write_text
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.images}: no such file or folder")
 
     kwargs = {"size": 64} if args.detector == "tiny_fcos" else {}
-    detector = FrozenDetector(create_detector(args.detector, args.detector_weights, args.num_classes, **kwargs))
+    detector = TorchvisionDetector(create_detector(args.detector, args.detector_weights, args.num_classes, **kwargs))
     service = DetectionService(detector, args.detector)
     if args.modality != "rgb":
         if args.translator is None:

@@ -11,12 +11,28 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+import numpy as np
 import torch
+
+
+@contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block without moving the caller's random streams (torch CPU and CUDA, numpy, ``random``): a stage built
+    on a cache miss (which seeds and trains) and the same stage read from the cache leave the run that follows
+    with the same random state, so a result does not depend on what was cached before."""
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 
 def stage_key(settings: Mapping) -> str:
@@ -79,5 +95,7 @@ def cached_stage(path: str | Path, build: Callable[[], Mapping[str, torch.Tensor
         return path
     with file_lock(path):
         if not path.exists():  # another process may have built it while we waited
-            save_tensors(build(), path, metadata)
+            with rng_preserved():
+                tensors = build()
+            save_tensors(tensors, path, metadata)
     return path

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer import experiments
 from transfer.checkpoints import AtomicCheckpointIO
+from transfer.collect import LABEL_FREE_METRICS, print_comparison, select_variants, summary_csv  # noqa: F401
 from transfer.data import DataSummaryWriter
 from transfer.fetch import fetch_on_first_use
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
@@ -78,6 +79,7 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
         "fold": cfg.get("fold"),
         "sweep_point": cfg.get("sweep_point"),
         "selection": cfg.selection.protocol if cfg.get("train", True) else "none (not trained)",
+        "selection_reads_target_labels": bool(cfg.selection.get("reads_target_labels")) if cfg.get("train", True) else False,
         "checkpoint": str(Path(ckpt).resolve()) if ckpt else None,
         "git_commit": git_commit(),
         "run_dir": str(Path(cfg.paths.output_dir).resolve()),
@@ -177,77 +179,6 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
             OmegaConf.update(sub, k, v, force_add=True)
         rows += run_folds(sub)
     return rows
-
-
-# Metrics a method computes without target labels: the only ones a non-oracle selection may choose by.
-LABEL_FREE_METRICS = {"snd", "entropy", "im_loss"}
-
-
-def select_variants(rows: list[dict], select: DictConfig | None, protocol: str = "source_val") -> list[dict]:
-    """Unsupervised model selection across variants, e.g. SND for SFDA hyperparameters:
-    ``select: {shot: {candidates: [shot_lr1e-2, shot_lr1e-3], metric: snd, mode: max}}``. Per scenario, sweep
-    point and target, the candidate with the best ``metric`` on the test rows is reported as the new variant.
-    A metric that needs target labels (accuracy, EER, Dice, ...) is refused unless the protocol is ``oracle``;
-    the chosen rows say how they were chosen (``selection``, ``selected_by``)."""
-    chosen = []
-    for name, spec in (select or {}).items():
-        if spec.metric not in LABEL_FREE_METRICS and protocol != "oracle":
-            raise ValueError(f"select.{name} picks by '{spec.metric}', which needs target labels; label-free metrics: "
-                             f"{sorted(LABEL_FREE_METRICS)} (or selection=oracle for an upper bound, marked as such)")
-        sign = 1 if spec.get("mode", "max") == "max" else -1
-        groups: dict[tuple, list[dict]] = {}
-        for r in rows:
-            scenario, _, variant = (r.get("variant") or "").rpartition("/")
-            if r["split"] == "test" and variant in spec.candidates and spec.metric in r["metrics"]:
-                groups.setdefault((scenario, r.get("sweep_point"), r.get("fold"), r["target"]), []).append(r)
-        for (scenario, *_), group in groups.items():
-            best = max(group, key=lambda r: sign * r["metrics"][spec.metric])
-            chosen.append({**best, "variant": f"{scenario}/{name}" if scenario else name,
-                           "selected_from": best["variant"],
-                           "selection": f"{spec.metric} ({spec.get('mode', 'max')}) among {list(spec.candidates)}"
-                                        + (" [oracle]" if spec.metric not in LABEL_FREE_METRICS else ""),
-                           "selected_by": {"metric": spec.metric, "mode": spec.get("mode", "max"),
-                                           "label_free": spec.metric in LABEL_FREE_METRICS}})
-    return chosen
-
-
-def _aggregate(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
-    table: dict[tuple, dict[str, list[float]]] = {}
-    for r in rows:
-        if r["split"] == "test":
-            cell = table.setdefault((r.get("variant") or "-", r["target"]), {})
-            for k, v in r["metrics"].items():
-                cell.setdefault(k, []).append(v)
-    return table
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for a single run)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
-
-
-def _mean_std(values: list[float]) -> str:
-    mean, std = _stats(values)
-    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f}+-{std:.4f}"
-
-
-def print_comparison(rows: list[dict], metrics=None) -> None:
-    """Test metrics per variant and target: mean +- std over sweep points and folds, n = number of runs."""
-    print(f"\n{'variant':<28} {'target':<14} {'n':>2}  metrics (split test)")
-    for (variant, target), cell in _aggregate(rows).items():
-        keys = [k for k in (metrics or sorted(cell)) if k in cell]
-        shown = "  ".join(f"{k}={_mean_std(cell[k])}" for k in keys)
-        print(f"{variant:<28} {target:<14} {len(next(iter(cell.values()))):>2}  {shown}")
-
-
-def summary_csv(rows: list[dict]) -> str:
-    lines = ["variant,target,metric,n,mean,std"]
-    for (variant, target), cell in _aggregate(rows).items():
-        for k, values in sorted(cell.items()):
-            mean, std = _stats(values)
-            lines.append(f"{variant},{target},{k},{len(values)},{mean:.6f},{std:.6f}")
-    return "\n".join(lines) + "\n"
 
 
 def run_folds(cfg: DictConfig) -> list[dict]:

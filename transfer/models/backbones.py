@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from transfer.models.registry import register_family
 from transfer.weights import WeightsError, load_state_dict, resolve
 
 log = logging.getLogger("transfer")
@@ -89,6 +90,11 @@ def create_classifier(name: str, num_classes: int, pretrained: bool | str | None
     if pretrained:
         load_pretrained(model, name if pretrained is True else str(pretrained))
     return model
+
+
+register_family("classifier", create_classifier,
+                lambda pattern: sorted({*timm.list_models(pattern), *(f"tv:{n}" for n in torchvision.models.list_models()
+                                                                    if __import__("fnmatch").fnmatch(n, pattern))}))
 
 
 @torch.no_grad()

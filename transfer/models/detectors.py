@@ -1,6 +1,6 @@
 """torchvision detectors by name (COCO weights through ``weights/``) and a frozen wrapper.
 
-``FrozenDetector`` keeps the detector's parameters *and* buffers unchanged: BatchNorm layers are turned
+``TorchvisionDetector`` keeps the detector's parameters *and* buffers unchanged: BatchNorm layers are turned
 into ``FrozenBatchNorm2d`` (what torchvision does for its trained models anyway), the wrapper stays in
 eval mode whatever ``.train()`` the parent calls, the loss pass (train mode, needs targets) and the
 prediction pass (eval mode, ``no_grad``, never sees targets) are separate calls.
@@ -20,6 +20,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from transfer.models.registry import register_model, state_dict_fit
 from transfer.weights import load_state_dict, random_init_requested, resolve
 
 TORCHVISION = {
@@ -77,16 +78,21 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _torchvision(build):
+    return lambda num_classes=91, **kwargs: build(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+
+
+#: architecture builders by name (weights come after, in create_detector)
+ARCHITECTURES = {**{name: _torchvision(build) for name, build in TORCHVISION.items()}, "tiny_fcos": tiny_fcos}
+
+
 def create_detector(name: str, weights: str | None = None, num_classes: int = 91, **kwargs: Any) -> nn.Module:
     """``name``: fcos | retinanet | fasterrcnn (ResNet-50 FPN, COCO head of 91 classes) | tiny_fcos.
     ``weights``: a registered name (e.g. ``fcos_resnet50_fpn.coco``) or a file, never downloaded; ``random`` for a
     random init on purpose (the COCO detectors refuse to start without weights)."""
-    if name == "tiny_fcos":
-        model = tiny_fcos(num_classes=num_classes, **kwargs)
-    elif name in TORCHVISION:
-        model = TORCHVISION[name](weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
-    else:
-        raise ValueError(f"unknown detector '{name}'; known: {', '.join([*TORCHVISION, 'tiny_fcos'])}")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown detector '{name}'; known: {', '.join(ARCHITECTURES)}")
+    model = ARCHITECTURES[name](num_classes=num_classes, **kwargs)
     freeze_batchnorm(model)
     if random_init_requested("detector", name, weights, pretrained_only=name != "tiny_fcos"):
         model.random_init = True
@@ -97,17 +103,11 @@ def create_detector(name: str, weights: str | None = None, num_classes: int = 91
 
 
 def load_detector_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-    own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    missing = [k for k in own if k not in state]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    unexpected = [k for k in state if k not in own]
-    if missing or shapes or unexpected:
-        example = (shapes or missing or unexpected)[0]
-        raise DetectorWeightsError(
-            f"{source} does not fit {type(model).__name__}: {len(shapes)} tensors of another shape, {len(missing)} "
-            f"missing, {len(unexpected)} unknown (e.g. '{example}'); is it a checkpoint of another detector?"
-        )
+    fit = state_dict_fit(model.state_dict(), state)
+    if not fit.ok:
+        raise DetectorWeightsError(f"{source} does not fit {type(model).__name__}: {fit.describe()}; is it a checkpoint "
+                                   f"of another detector?")
     model.load_state_dict(state)
 
 
@@ -167,11 +167,10 @@ def checkpoint_detector(detector: nn.Module) -> list[nn.Module]:
 CHECKPOINTING = ("none", "detector", "translator", "both")
 
 
-class FrozenDetector(nn.Module):
-    """A detector whose weights never change unless ``trainable`` says so (fine-tuning baselines).
-
-    ``trainable``: ``none`` (ModTr), ``full`` or ``head`` (``detector.head`` / ``roi_heads`` + ``rpn``).
-    """
+class TorchvisionDetector(nn.Module):
+    """A torchvision detector behind one small face (``losses``, ``predict``): frozen (``trainable="none"``, what
+    ModTr puts behind its translator) or fine-tuned (``full``, or ``head``: ``detector.head`` / ``roi_heads`` + ``rpn``)
+    for the baselines. Batch-norm statistics stay frozen in every case."""
 
     def __init__(self, detector: nn.Module, trainable: str = "none", name: str = "detector"):
         super().__init__()
@@ -186,7 +185,7 @@ class FrozenDetector(nn.Module):
                 p.requires_grad_(True)
         self.detector.eval()
 
-    def train(self, mode: bool = True) -> "FrozenDetector":
+    def train(self, mode: bool = True) -> "TorchvisionDetector":
         self.training = mode  # the detector itself stays in eval mode; losses() switches it briefly
         return self
 
@@ -206,3 +205,7 @@ class FrozenDetector(nn.Module):
 
     def weights_hash(self) -> str:
         return weights_hash(self.detector)
+
+
+for _name in ARCHITECTURES:
+    register_model(f"detector/{_name}")(lambda _n=_name, **kw: create_detector(_n, **kw))

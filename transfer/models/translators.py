@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer.models.registry import register_model
 from transfer.weights import load_state_dict, resolve
 
 ENCODER_ALIASES = {"mobilenet_v2": "mobilenetv2_100", "mobilenet_v3_small": "mobilenetv3_small_100"}
@@ -124,10 +125,11 @@ class ModalityTranslator(nn.Module):
 def create_translator(name: str = "unet", encoder: str = "resnet34", pretrained: str | None = None,
                       fusion: str = "mul", **kwargs) -> ModalityTranslator:
     """``name``: ``unet`` (timm encoder) or ``tiny_unet``."""
-    if name == "tiny_unet":
-        net = TinyUNet(**kwargs)
-    elif name == "unet":
-        net = EncoderUNet(encoder, pretrained, **kwargs)
-    else:
-        raise ValueError(f"unknown translator '{name}'; use unet or tiny_unet")
-    return ModalityTranslator(net, fusion)
+    nets = {"tiny_unet": lambda: TinyUNet(**kwargs), "unet": lambda: EncoderUNet(encoder, pretrained, **kwargs)}
+    if name not in nets:
+        raise ValueError(f"unknown translator '{name}'; use {' or '.join(nets)}")
+    return ModalityTranslator(nets[name](), fusion)
+
+
+for _name in ("unet", "tiny_unet"):
+    register_model(f"translator/{_name}")(lambda _n=_name, **kw: create_translator(_n, **kw))

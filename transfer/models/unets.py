@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
+from transfer.models.registry import register_model
+
 GROUPS = ("shallow", "encoding", "deep", "decoding")
 
 
@@ -126,9 +128,13 @@ def forward_any_size(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def create_segmentation_net(name: str = "unet", spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1,
                             channels: Sequence[int] = (8, 16, 32), strides: Sequence[int] = (2, 2),
                             num_res_units: int = 1, width: int = 32, level: int = 2) -> nn.Module:
-    if name == "unet":
-        return GroupedUNet(spatial_dims, in_channels, out_channels, tuple(channels), tuple(strides),
-                           num_res_units=num_res_units)
-    if name == "mv":
-        return MVNet(spatial_dims, in_channels, out_channels, width, level)
-    raise ValueError(f"unknown segmentation network '{name}'; use unet or mv")
+    nets = {"unet": lambda: GroupedUNet(spatial_dims, in_channels, out_channels, tuple(channels), tuple(strides),
+                                        num_res_units=num_res_units),
+            "mv": lambda: MVNet(spatial_dims, in_channels, out_channels, width, level)}
+    if name not in nets:
+        raise ValueError(f"unknown segmentation network '{name}'; use {' or '.join(nets)}")
+    return nets[name]()
+
+
+for _name in ("unet", "mv"):
+    register_model(f"segmentation/{_name}")(lambda _n=_name, **kw: create_segmentation_net(_n, **kw))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
+from transfer.models.registry import register_model, state_dict_fit
 from transfer.weights import load_state_dict, random_init_requested, resolve
 
 _LARGE_EXTRACTOR = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -119,15 +120,15 @@ def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module
             state = from_huggingface(state)
         own = model.state_dict()
         state = _weight_norm_names(state, own)
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-        if missing or unexpected or shapes:
-            raise ValueError(f"{path} is not a torchaudio wav2vec2 '{name}' state dict: {len(missing)} missing, "
-                             f"{len(unexpected)} unexpected, {len(shapes)} of another shape "
-                             f"(e.g. {(shapes or missing or unexpected)[0]})")
+        fit = state_dict_fit(own, state)
+        if not fit.ok:
+            raise ValueError(f"{path} is not a torchaudio wav2vec2 '{name}' state dict: {fit.describe()}")
         model.load_state_dict(state)
     return model
+
+
+for _name in CONFIGS:
+    register_model(f"wav2vec2/{_name}")(lambda _n=_name, **kw: create_wav2vec2(_n, **kw))
 
 
 class MeanMaxPool(nn.Module):

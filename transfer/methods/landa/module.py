@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.optim import configured, make_optimizer, make_scheduler
 
 from .ot import ot_distance, text_aware_cost
 
@@ -92,6 +93,8 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         zs_temperature: float = 0.01,
         class_weighted: bool = True,
         clip_pretrain: dict | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -293,7 +296,8 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         if self.uses_augmenters:
             groups.append({"params": list(self.augmenters.parameters()), "lr": hp.aug_lr,
                            "weight_decay": hp.aug_weight_decay})
-        return torch.optim.AdamW(groups)
+        opt = make_optimizer(groups, hp.optimizer, torch.optim.AdamW)
+        return configured(opt, make_scheduler(opt, hp.scheduler))
 
     def on_train_epoch_start(self) -> None:
         # each stage trains its own parameters; AdamW skips parameters without gradients

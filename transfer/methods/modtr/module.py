@@ -23,8 +23,9 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
+from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.stages import cached_stage
-from transfer.models.detectors import (CHECKPOINTING, FrozenDetector, checkpoint_detector, create_detector,
+from transfer.models.detectors import (CHECKPOINTING, TorchvisionDetector, checkpoint_detector, create_detector,
                                        load_detector_weights, recompute_blocks)
 
 from .baselines import build_translator
@@ -53,6 +54,8 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         keep_labels: list[int] | None = None,
         pretrain: dict[str, Any] | None = None,
         activation_checkpointing: str = "none",
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -61,7 +64,7 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         if activation_checkpointing not in CHECKPOINTING:
             raise ValueError(f"activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
                              f"got '{activation_checkpointing}'")
-        self.detector = FrozenDetector(create_detector(**detector), trainable=train_detector, name=detector["name"])
+        self.detector = TorchvisionDetector(create_detector(**detector), trainable=train_detector, name=detector["name"])
         self.translator = build_translator(translator)
         if translator_weights:
             self.translator.load_state_dict(load_translator_state(translator_weights))
@@ -183,17 +186,21 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError("nothing to train: set train_translator or train_detector (or run with train=false)")
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        opt = make_optimizer(params, hp.optimizer,
+                             lambda g: torch.optim.AdamW(g, lr=hp.lr, weight_decay=hp.weight_decay))
         total = max(1, self.trainer.estimated_stepping_batches)
-        warm = int(self.hparams.warmup * total)
+        warm = int(hp.warmup * total)
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        def warmup_cosine(o):
+            return {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, factor), "interval": "step"}
+
+        return configured(opt, make_scheduler(opt, hp.scheduler, warmup_cosine))
 
     # -- checkpoints: the translator only (plus the detector it belongs to) when the detector is frozen
     def partial_checkpoint_keys(self) -> set[str] | None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from transfer.stages import save_tensors
 from transfer.weights import load_checkpoint_file
-from transfer.models.detectors import FrozenDetector
+from transfer.models.detectors import TorchvisionDetector
 
 from .baselines import IdentityTranslator, build_translator
 
@@ -65,7 +65,7 @@ def load_translator(path: str | Path) -> tuple[nn.Module, dict]:
 class DetectionService:
     """``detect(images, modality)`` through the matching translator and one shared, never-modified detector."""
 
-    def __init__(self, detector: FrozenDetector, detector_name: str):
+    def __init__(self, detector: TorchvisionDetector, detector_name: str):
         self.detector, self.detector_name = detector, detector_name
         self.hash = detector.weights_hash()
         self.translators: dict[str, nn.Module] = {"rgb": IdentityTranslator()}

@@ -1,6 +1,6 @@
 """MoE-LoRA for audio deepfake detection: LoRA experts with routers in wav2vec2 attention; full FT,
 head-only and single-LoRA baselines in the same module."""
 
-from .module import SpoofModule
+from .module import DeepfakeDetectionModule
 
-__all__ = ["SpoofModule"]
+__all__ = ["DeepfakeDetectionModule"]

@@ -25,6 +25,7 @@ from transfer.adapters import (AdapterConfig, MoELoRAConfig, adapter_state_dict,
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
 from transfer.models.wav2vec2 import SpoofClassifier
+from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.records import atomic_write_text
 from transfer.stages import cached_stage
 from transfer.weights import load_state_dict
@@ -32,14 +33,15 @@ from transfer.weights import load_state_dict
 MODES = ("full", "head", "lora", "moe")
 
 
-class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
+class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
     architecture_keys = ("backbone", "mode", "backend")
 
     def __init__(self, backbone: str = "tiny", weights: str | None = None, mode: str = "moe", lora_rank: int = 8,
                  moe: dict[str, Any] | None = None, targets: list[str] | None = None, lambda_aux: float = 0.01,
                  z_loss: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4,
                  class_weights: list[float] | None = None, in_domain: str = "eval", pretext: dict | None = None,
-                 backend: str = "mlp", backend_kwargs: dict[str, Any] | None = None):
+                 backend: str = "mlp", backend_kwargs: dict[str, Any] | None = None,
+                 optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
         if mode not in MODES:
@@ -167,8 +169,10 @@ class SpoofModule(CompatibleCheckpointMixin, L.LightningModule):
             _plot_usage(usage, out_dir / "expert_usage.png")
 
     def configure_optimizers(self):
+        hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = make_optimizer(params, hp.optimizer, lambda g: torch.optim.Adam(g, lr=hp.lr, weight_decay=hp.weight_decay))
+        return configured(opt, make_scheduler(opt, hp.scheduler))
 
     def partial_checkpoint_keys(self) -> set[str] | None:
         return set(adapter_state_dict(self)) if self.adapter_only_checkpoints else None

@@ -26,6 +26,7 @@ from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, in
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
 from transfer.models.unets import create_segmentation_net, forward_any_size
+from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.records import atomic_write_text
 from transfer.stages import cached_stage
 from transfer.weights import load_state_dict
@@ -40,7 +41,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
 
 
-class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
+class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
     architecture_keys = ("net", "strategy", "group", "rank")
 
     def __init__(self, net: dict[str, Any], strategy: str = "full", group: str = "all", rank: int = 4,
@@ -48,7 +49,8 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
                  pretrained: str | None = None, loss: str = "softdice", lr: float = 1e-3, weight_decay: float = 0.0,
                  threshold: float = 0.5, sw_roi: list[int] | None = None, sw_overlap: float = 0.25,
                  volume_bins: list[float] = DEFAULT_BINS, target_name: str = "target",
-                 pretrain: dict[str, Any] | None = None):
+                 pretrain: dict[str, Any] | None = None, optimizer: dict[str, Any] | None = None,
+                 scheduler: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
         if strategy not in STRATEGIES:
@@ -125,7 +127,7 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
         from datamodules.volumes import VolumeDataModule
 
         L.seed_everything(spec.get("seed", 0), verbose=False)
-        stage = SegTransferModule(net=self.hparams.net, strategy="full", loss=self.hparams.loss, lr=spec.get("lr", 1e-3))
+        stage = SegmentationModule(net=self.hparams.net, strategy="full", loss=self.hparams.loss, lr=spec.get("lr", 1e-3))
         data = VolumeDataModule(str(datalist), folds_file="", train_on="all", batch_size=spec.get("batch_size", 4),
                                 window=datamodule.window, roi=datamodule.roi, flip=datamodule.flip)
         trainer = L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
@@ -188,7 +190,9 @@ class SegTransferModule(CompatibleCheckpointMixin, L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError("strategy 'none' trains nothing: run it with train=false")
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        opt = make_optimizer(params, hp.optimizer, lambda g: torch.optim.Adam(g, lr=hp.lr, weight_decay=hp.weight_decay))
+        return configured(opt, make_scheduler(opt, hp.scheduler))
 
     # -- checkpoints: adapters (+ re-estimated BatchNorm statistics) only, for adapter strategies
     def partial_checkpoint_keys(self) -> set[str] | None:

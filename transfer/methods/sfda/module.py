@@ -22,6 +22,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.synthetic import cache_key
 from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.optim import configured, make_optimizer, make_scheduler, optimizer_class
+from transfer.stages import file_lock, rng_preserved
 
 from .losses import aad_loss, information_maximization, nrc_loss, shot_pseudo_labels, snd
 from .network import SHOTNet
@@ -63,6 +65,8 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
         knn: int = 4,
         aad_alpha: float = 1.0,
         aad_beta: float = 5.0,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
     ):
         super().__init__()
         if source_stage is not None and not isinstance(source_stage, dict):  # a DictConfig (_recursive_: false)
@@ -89,7 +93,10 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
         key = cache_key({k: v for k, v in stage.items() if k != "cache_dir"})
         path = Path(stage["cache_dir"]) / f"sfda-source-{key}.safetensors"
         if not path.exists():
-            train_source_stage(stage, path, self.hparams.backbone, self.hparams.bottleneck)
+            with file_lock(path):
+                if not path.exists():  # another process may have trained it while we waited
+                    with rng_preserved():
+                        train_source_stage(stage, path, self.hparams.backbone, self.hparams.bottleneck)
         self.hparams.source_model = str(path)
 
     def setup(self, stage: str) -> None:
@@ -150,15 +157,20 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
         if hp.strategy in SOURCE_FREE:
             groups = [{"params": list(net.netF.parameters()), "lr": hp.lr * hp.backbone_lr_mult},
                       {"params": list(net.netB.parameters()), "lr": hp.lr}]
-            opt = torch.optim.SGD(groups, momentum=hp.momentum, nesterov=True, weight_decay=1e-3)
-            return {"optimizer": opt, "lr_scheduler": shot_schedule(opt, self.trainer.estimated_stepping_batches)}
+            opt = make_optimizer(groups, hp.optimizer,
+                                 lambda g: torch.optim.SGD(g, momentum=hp.momentum, nesterov=True, weight_decay=1e-3))
+            return configured(opt, make_scheduler(opt, hp.scheduler,
+                                                  lambda o: shot_schedule(o, self.trainer.estimated_stepping_batches)))
         head = list(net.netC.parameters())
         body = [p for n, p in net.named_parameters() if not n.startswith("netC.")]
         head_lr = hp.lp_lr if hp.strategy in ("lp", "lp_ft") else hp.lr
         groups = [{"params": head, "lr": head_lr}, {"params": body, "lr": hp.lr}]
-        if hp.sam:
-            return SAM(groups, torch.optim.Adam, rho=hp.rho, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.sam:  # SAM wraps the recipe's Adam, or the optimiser model.optimizer names
+            base, kwargs = optimizer_class(hp.optimizer) if hp.optimizer else \
+                (torch.optim.Adam, {"lr": hp.lr, "weight_decay": hp.weight_decay})
+            return SAM(groups, base, rho=hp.rho, **kwargs)
+        opt = make_optimizer(groups, hp.optimizer, lambda g: torch.optim.Adam(g, lr=hp.lr, weight_decay=hp.weight_decay))
+        return configured(opt, make_scheduler(opt, hp.scheduler))
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.strategy == "shot" and self.current_epoch % self.hparams.pseudo_interval == 0:

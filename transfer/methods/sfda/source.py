@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
 
 from transfer.checkpoints import IncompatibleCheckpointError, check_compatible
+from transfer.optim import make_optimizer
 from transfer.stages import save_tensors
 from transfer.methods.source_only import SourceOnlyClassifier
 
@@ -67,7 +69,7 @@ class SHOTSourceModule(SourceOnlyClassifier):
 
     def __init__(self, backbone: str = "resnet50", pretrained: bool | str | None = False, num_classes: int | None = None,
                  bottleneck: int = 256, lr: float = 1e-2, backbone_lr_mult: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 1e-3, label_smoothing: float = 0.1, optimizer: str = "sgd",
+                 weight_decay: float = 1e-3, label_smoothing: float = 0.1, optimizer: str | dict = "sgd",
                  export_path: str | None = None):
         super().__init__(backbone=backbone, pretrained=pretrained, num_classes=num_classes, lr=lr,
                          weight_decay=weight_decay, label_smoothing=label_smoothing, scheduler="none")
@@ -91,7 +93,9 @@ class SHOTSourceModule(SourceOnlyClassifier):
         hp = self.hparams
         groups = [{"params": self.net.netF.parameters(), "lr": hp.lr * hp.backbone_lr_mult},
                   {"params": [*self.net.netB.parameters(), *self.net.netC.parameters()], "lr": hp.lr}]
-        if hp.optimizer == "sgd":
+        if isinstance(hp.optimizer, Mapping):  # model.optimizer: {name: ..., ...} over the same groups
+            opt = make_optimizer(groups, hp.optimizer, None)
+        elif hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, momentum=hp.momentum, nesterov=True, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adamw":  # for backbones trained from scratch (toys), where SGD at these lrs crawls
             opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.models import create_classifier
+from transfer.optim import configured, make_optimizer, make_scheduler
 
 
 class SourceOnlyClassifier(CompatibleCheckpointMixin, L.LightningModule):
@@ -31,7 +32,8 @@ class SourceOnlyClassifier(CompatibleCheckpointMixin, L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         label_smoothing: float = 0.0,
-        scheduler: str = "cosine",
+        scheduler: str | dict = "cosine",
+        optimizer: dict | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -97,10 +99,14 @@ class SourceOnlyClassifier(CompatibleCheckpointMixin, L.LightningModule):
         self.log(f"test/{name}/acc", metric, add_dataloader_idx=False)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "none":
+        hp = self.hparams
+        opt = make_optimizer(self.parameters(), hp.optimizer,
+                             lambda g: torch.optim.AdamW(g, lr=hp.lr, weight_decay=hp.weight_decay))
+        if isinstance(hp.scheduler, Mapping):  # model.scheduler: {name: ..., ...}
+            return configured(opt, make_scheduler(opt, hp.scheduler))
+        if hp.scheduler == "none":
             return opt
-        if self.hparams.scheduler != "cosine":
-            raise ValueError(f"scheduler must be cosine or none, got '{self.hparams.scheduler}'")
+        if hp.scheduler != "cosine":
+            raise ValueError(f"scheduler must be cosine, none or {{name: ..., ...}}, got '{hp.scheduler}'")
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
