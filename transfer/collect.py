@@ -108,26 +108,31 @@ def _run_config(root: Path) -> dict:
     return (yaml.safe_load(cfg.read_text()) or {}) if cfg.is_file() else {}
 
 
-def collect(roots: Sequence[str | Path], out: str | Path | None = None, metrics: Sequence[str] | None = None) -> list[dict]:
-    """Print the comparison of the runs under ``roots`` and write ``summary.csv`` (and the clinical report when
-    there are per-case files) to ``out`` (default: the first root). Returns the rows, selected ones included."""
-    roots = [Path(r) for r in roots]
-    rows = read_rows(roots)
-    for root in roots:
-        cfg = _run_config(root)
-        if cfg.get("select"):
-            mine = [r for r in rows if str(r.get("run_dir", "")).startswith(str(root.resolve()))] or rows
-            rows += select_variants(mine, OmegaConf.create(cfg["select"]), (cfg.get("selection") or {}).get("protocol", "source_val"))
-        metrics = metrics or cfg.get("report_metrics")
-    out = Path(out) if out else roots[0]
-    print_comparison(rows, metrics)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "summary.csv", summary_csv(rows))
-    if any(f for root in roots for f in root.rglob("per_case.csv")):
+def write_tables(rows: list[dict], out: Path, roots: Sequence[Path], select: DictConfig | None = None,
+                 protocol: str = "source_val", metrics: Sequence[str] | None = None) -> list[dict]:
+    """Add the label-free ``select`` across variants, print the comparison, write ``out/summary.csv``, and the
+    clinical report when there are per-case files under ``roots``. Returns the rows, selected ones included."""
+    if rows:
+        rows = rows + select_variants(rows, select, protocol)
+        print_comparison(rows, metrics)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "summary.csv", summary_csv(rows))
+    if any(f for root in roots for f in Path(root).rglob("per_case.csv")):
         from transfer.report import build_report
 
         print(build_report(roots, out / "report"))
     return rows
+
+
+def collect(roots: Sequence[str | Path], out: str | Path | None = None, metrics: Sequence[str] | None = None) -> list[dict]:
+    """The tables of the runs under ``roots``, written to ``out`` (default: the first root); the first root's
+    resolved config gives the ``select``, the selection protocol and the metrics to print."""
+    roots = [Path(r) for r in roots]
+    rows = read_rows(roots)
+    cfg = _run_config(roots[0])
+    select = OmegaConf.create(cfg["select"]) if cfg.get("select") else None
+    return write_tables(rows, Path(out) if out else roots[0], roots, select,
+                        (cfg.get("selection") or {}).get("protocol", "source_val"), metrics or cfg.get("report_metrics"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,15 +87,20 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata
     return Path(path)
 
 
-def cached_stage(path: str | Path, build: Callable[[], Mapping[str, torch.Tensor]],
-                 metadata: dict[str, str] | None = None) -> Path:
-    """The stage's tensors at ``path``: built once by the first process (``build`` returns them), read by all."""
+def build_file_once(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(path)`` once, by the first process that needs the file (others wait on the lock and reuse it), with
+    the caller's random state left as it was."""
     path = Path(path)
     if path.exists():
         return path
     with file_lock(path):
         if not path.exists():  # another process may have built it while we waited
             with rng_preserved():
-                tensors = build()
-            save_tensors(tensors, path, metadata)
+                write(path)
     return path
+
+
+def cached_stage(path: str | Path, build: Callable[[], Mapping[str, torch.Tensor]],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """The stage's tensors at ``path``: built once by the first process (``build`` returns them), read by all."""
+    return build_file_once(path, lambda p: save_tensors(build(), p, metadata))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer import experiments
 from transfer.checkpoints import AtomicCheckpointIO
-from transfer.collect import LABEL_FREE_METRICS, print_comparison, select_variants, summary_csv  # noqa: F401
+from transfer.collect import select_variants, write_tables  # noqa: F401 (select_variants: part of this module's face)
 from transfer.data import DataSummaryWriter
 from transfer.fetch import fetch_on_first_use
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
@@ -146,15 +146,7 @@ def run(cfg: DictConfig) -> list[dict]:
         sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(dotlist))
         log.info("variant %s: %s", name, " ".join(dotlist) or "(the experiment as is)")
         rows += run_sweep(sub)
-    if rows:
-        rows += select_variants(rows, cfg.get("select"), cfg.selection.protocol)
-        print_comparison(rows, cfg.get("report_metrics"))
-        atomic_write_text(out / "summary.csv", summary_csv(rows))
-    if any(out.rglob("per_case.csv")):
-        from transfer.report import build_report
-
-        print(build_report([out], out / "report"))
-    return rows
+    return write_tables(rows, out, [out], cfg.get("select"), cfg.selection.protocol, cfg.get("report_metrics"))
 
 
 def run_sweep(cfg: DictConfig) -> list[dict]:

@@ -145,32 +145,6 @@ def generate_spoof(root: str | Path, sr: int = 8000, seconds: float = 0.5, n_tra
             rows.append(f"{i}.wav,speaker{i % 7},{'bona-fide' if kind == 'bonafide' else 'spoof'}")
         (tmp / "wild" / "meta.csv").write_text("\n".join(rows) + "\n")
     return root
-    n = int(sr * seconds)
-    plan = {"train": (n_train, SEEN), "dev": (n_dev, SEEN), "eval": (n_eval, SEEN), "ood": (n_ood, HELD_OUT)}
-    with build_once(root, dict(sr=sr, seconds=seconds, seed=seed)) as tmp:
-        (tmp / "protocols").mkdir()
-        for s, (split, (count, attacks)) in enumerate(plan.items()):
-            rng = np.random.default_rng([seed, s])
-            (tmp / split / "flac").mkdir(parents=True)
-            lines = []
-            per_attack = count if split != "ood" else count // 2
-            kinds = [("bonafide", "-")] * count + [(a, a) for a in attacks for _ in range(per_attack)]
-            for i, (kind, attack_id) in enumerate(kinds):
-                utt = f"{split.upper()}_{i:05d}"
-                x = bonafide(rng, n, sr) if kind == "bonafide" else attack(kind, rng, n, sr)
-                sf.write(tmp / split / "flac" / f"{utt}.flac", _norm(x), sr)
-                lines.append(f"SPK_{i % 20:03d} {utt} - {attack_id} {'bonafide' if kind == 'bonafide' else 'spoof'}")
-            (tmp / "protocols" / f"{split}.txt").write_text("\n".join(lines) + "\n")
-        rng = np.random.default_rng([seed, 9])
-        (tmp / "wild").mkdir()
-        rows = ["file,speaker,label"]
-        kinds = ["bonafide"] * n_ood + [a for a in SEEN + HELD_OUT for _ in range(n_ood // 4)]
-        for i, kind in enumerate(kinds):
-            x = bonafide(rng, n, sr) if kind == "bonafide" else attack(kind, rng, n, sr)
-            sf.write(tmp / "wild" / f"{i}.wav", _norm(channel(x, rng, sr)), sr)
-            rows.append(f"{i}.wav,speaker{i % 7},{'bona-fide' if kind == 'bonafide' else 'spoof'}")
-        (tmp / "wild" / "meta.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 #: degradations of the toy's self-supervised pretext: families like the attacks', other parameters
@@ -182,13 +156,9 @@ def degrade(x: np.ndarray, kind: str, rng: np.random.Generator, sr: int) -> np.n
     if kind == "clean":
         return x
     if kind == "quantise":
-        peak = np.abs(x).max()
-        levels = rng.integers(6, 12)
-        return np.round(x / peak * levels) / levels * peak
+        return quantise(x, rng.integers(6, 12))
     if kind == "lowpass":
-        spec = np.fft.rfft(x)
-        spec[np.fft.rfftfreq(n, 1 / sr) > rng.uniform(1200, 3000)] = 0
-        return np.fft.irfft(spec, n)
+        return lowpass(x, rng.uniform(1200, 3000), sr)
     if kind == "gain_frames":
         frame = int(rng.uniform(0.01, 0.05) * sr)
         return x * np.repeat(rng.uniform(0.3, 1.7, n // frame + 1), frame)[:n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 
 import timm
@@ -92,9 +93,12 @@ def create_classifier(name: str, num_classes: int, pretrained: bool | str | None
     return model
 
 
-register_family("classifier", create_classifier,
-                lambda pattern: sorted({*timm.list_models(pattern), *(f"tv:{n}" for n in torchvision.models.list_models()
-                                                                    if __import__("fnmatch").fnmatch(n, pattern))}))
+def _classifier_names(pattern: str) -> list[str]:
+    tv = (f"tv:{n}" for n in torchvision.models.list_models() if fnmatch.fnmatch(n, pattern))
+    return sorted({*timm.list_models(pattern), *tv})
+
+
+register_family("classifier", create_classifier, _classifier_names)
 
 
 @torch.no_grad()

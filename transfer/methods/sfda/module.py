@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from datamodules.synthetic import cache_key
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.optim import configured, make_optimizer, make_scheduler, optimizer_class
-from transfer.stages import file_lock, rng_preserved
+from transfer.stages import build_file_once
 
 from .losses import aad_loss, information_maximization, nrc_loss, shot_pseudo_labels, snd
 from .network import SHOTNet
@@ -92,11 +92,7 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
             return
         key = cache_key({k: v for k, v in stage.items() if k != "cache_dir"})
         path = Path(stage["cache_dir"]) / f"sfda-source-{key}.safetensors"
-        if not path.exists():
-            with file_lock(path):
-                if not path.exists():  # another process may have trained it while we waited
-                    with rng_preserved():
-                        train_source_stage(stage, path, self.hparams.backbone, self.hparams.bottleneck)
+        build_file_once(path, lambda p: train_source_stage(stage, p, self.hparams.backbone, self.hparams.bottleneck))
         self.hparams.source_model = str(path)
 
     def setup(self, stage: str) -> None:
