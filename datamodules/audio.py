@@ -15,10 +15,10 @@ import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .errors import DatasetError, check_files_exist
-from .samplers import SeededTrainData
+from .samplers import SeededTrainData, eval_loader
 from .summary import DataSummary
 
 # Published trial counts: ASVspoof 2019 LA train / dev / eval protocols, In-the-Wild meta.csv.
@@ -314,15 +314,11 @@ class SpoofDataModule(SeededTrainData, L.LightningDataModule):
         labels = [it.label for it in self.train_set.items]
         return [labels.count(0), labels.count(1)]
 
-    def _loader(self, ds, shuffle: bool, bs: int) -> DataLoader:
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
     def train_dataloader(self):
         return self.seeded_loader(self.train_set, self.batch_size, self.num_workers)
 
     def val_dataloader(self):
-        return self._loader(self.dev_set, False, self.eval_batch_size)
+        return eval_loader(self.dev_set, self.eval_batch_size, self.num_workers)
 
     def test_dataloader(self):
-        return [self._loader(ds, False, self.eval_batch_size) for ds in self.test_sets.values()]
+        return [eval_loader(ds, self.eval_batch_size, self.num_workers) for ds in self.test_sets.values()]

@@ -25,11 +25,11 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .errors import DatasetError, read_json
 from .imagelists import IMAGE_EXTENSIONS
-from .samplers import SeededTrainData
+from .samplers import SeededTrainData, eval_loader
 from .summary import DataSummary
 
 log = logging.getLogger(__name__)
@@ -421,15 +421,11 @@ class PairedDetectionDataModule(SeededTrainData, L.LightningDataModule):
     def data_summary(self) -> dict:
         return {"format": self.format, "class_map": self.class_map, **self.summary.as_dict()}
 
-    def _loader(self, ds, shuffle, bs) -> DataLoader:
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate,
-                          drop_last=False, persistent_workers=self.num_workers > 0)
-
     def train_dataloader(self):
         return self.seeded_loader(self.train_set, self.batch_size, self.num_workers, collate_fn=collate)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, False, self.eval_batch_size)
+        return eval_loader(self.val_set, self.eval_batch_size, self.num_workers, collate_fn=collate)
 
     def test_dataloader(self):
-        return self._loader(self.test_set, False, self.eval_batch_size)
+        return eval_loader(self.test_set, self.eval_batch_size, self.num_workers, collate_fn=collate)

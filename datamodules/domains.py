@@ -26,7 +26,7 @@ from .errors import DatasetError, check_files_exist, read_json  # noqa: F401 (re
 from .imagelists import (IMAGE_EXTENSIONS, ImageDataset, ListEntry, class_names_of,  # noqa: F401
                          parse_list_file, read_list_file, scan_image_folder)
 from .splits import known_classes, long_tail, sample_shots, stratified_split  # noqa: F401 (re-exported)
-from .samplers import SeededTrainData
+from .samplers import SeededTrainData, eval_loader
 from .summary import DataSummary
 
 README = "datamodules/README.md"
@@ -361,23 +361,19 @@ class DomainDataModule(KnownClassesMixin, SeededTrainData, L.LightningDataModule
         return {"dataset": self.desc.name, "class_source": getattr(self, "_class_source", None),
                 **self.summary.as_dict()}
 
-    def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
-
     def train_dataloader(self) -> DataLoader:
         if not self.sources:
             raise DatasetError("no source domains configured: nothing to train on")
         return self.seeded_loader(ConcatDataset(self.source_train), self.batch_size, self.num_workers)
 
     def val_dataloader(self):
-        loaders = [self._loader(ConcatDataset(self.source_val), False, self.eval_batch_size)]
+        loaders = [eval_loader(ConcatDataset(self.source_val), self.eval_batch_size, self.num_workers)]
         if self.val_on_targets:
-            loaders += [self._loader(ds, False, self.eval_batch_size) for ds in self.target_test.values()]
+            loaders += [eval_loader(ds, self.eval_batch_size, self.num_workers) for ds in self.target_test.values()]
         return loaders if len(loaders) > 1 else loaders[0]
 
     def test_dataloader(self):
-        return [self._loader(ds, False, self.eval_batch_size) for ds in self.target_test.values()]
+        return [eval_loader(ds, self.eval_batch_size, self.num_workers) for ds in self.target_test.values()]
 
     @property
     def test_names(self) -> list[str]:

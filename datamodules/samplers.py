@@ -23,13 +23,14 @@ class ShardSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """A sequential loader; sharded without repeats when a process group is running (kept by Lightning)."""
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, loader=DataLoader, **kwargs) -> DataLoader:
+    """A sequential loader; sharded without repeats when a process group is running (kept by Lightning). Every
+    evaluation loader is one of these, so per-sample records gathered across processes count each sample once."""
     sampler = None
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         sampler = ShardSampler(dataset, dist.get_world_size(), dist.get_rank())
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                  persistent_workers=num_workers > 0, **kwargs)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

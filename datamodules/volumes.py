@@ -25,7 +25,7 @@ from monai import transforms as T
 from monai.data import CacheDataset, DataLoader
 
 from .errors import DatasetError, read_json
-from .samplers import SeededTrainData
+from .samplers import SeededTrainData, eval_loader
 from .summary import DataSummary
 
 
@@ -318,4 +318,4 @@ class VolumeDataModule(SeededTrainData, L.LightningDataModule):
         return self.seeded_loader(self.train_set, self.batch_size, self.num_workers, loader=DataLoader)
 
     def test_dataloader(self):
-        return DataLoader(self.test_set, batch_size=1, shuffle=False, num_workers=self.num_workers)
+        return eval_loader(self.test_set, 1, self.num_workers, loader=DataLoader)

@@ -309,3 +309,34 @@ def test_lightning_checkpoint_holds_adapters_but_not_the_frozen_base(tmp_path):
 
     with pytest.raises(IncompatibleCheckpointError, match="different model"):
         Other.load_from_checkpoint(path, weights_only=True)
+
+
+def test_adapter_and_base_weight_loaders_report_mismatches_like_every_loader(tmp_path):
+    """The adapter file and plain-weights loaders go through the one state-dict fit report."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from transfer.adapters import load_base_weights
+
+    m = TinyUNet()
+    inject(m, AdapterConfig(kind="lora_c", rank=2, target=["head"]))
+    save_adapters(m, tmp_path / "a")
+    f = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(str(f))
+    with safe_open(str(f), "pt") as h:
+        meta = h.metadata()
+    tensors["head.stray"] = torch.zeros(3)
+    save_file(tensors, str(f), metadata=meta)
+    with pytest.raises(AdapterCheckpointError, match=r"0 tensors of another shape, 0 missing, 1 unexpected \(e.g. 'head.stray'\)"):
+        load_adapters(TinyUNet(), tmp_path / "a")
+    plain = TinyUNet().state_dict()
+    adapted = TinyUNet()
+    inject(adapted, AdapterConfig(kind="lora_c", rank=2, target=["head"]))
+    load_base_weights(adapted, plain)  # head.weight goes to head.base.weight; adapter tensors are not asked for
+    assert torch.equal(adapted.head.base.weight, plain["head.weight"])
+    short = {k: v for k, v in plain.items() if k != "head.bias"}
+    with pytest.raises(AdapterCheckpointError, match=r"1 tensors of the model are missing \(e.g. 'head.base.bias'\)"):
+        load_base_weights(adapted, short)
+    plain["head.weight"] = torch.zeros(9, 9)
+    with pytest.raises(AdapterCheckpointError, match=r"'head.base.weight' does not fit .*1 tensors of another shape"):
+        load_base_weights(adapted, plain)

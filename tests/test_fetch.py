@@ -179,7 +179,7 @@ def test_fetch_on_first_use_in_a_run(tmp_path, server, monkeypatch, make_cfg):
     import timm
     from safetensors.torch import save_file
 
-    from transfer.train import run
+    from transfer.runner import run
 
     base, handler = server
     src = tmp_path / "src.safetensors"

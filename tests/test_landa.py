@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from conftest import cli, run_toy
 import datamodules.domains as domains_mod
-import transfer.train as train_mod
+import transfer.runner as runner
+import transfer.single_run as single_run
 from datamodules.embeddings import EmbeddingDataModule
 from datamodules.synthetic import SyntheticDomainDataModule
 from transfer.methods.landa import LanDAModule, MissingDescriptionError, ot_distance, ot_plan, text_aware_cost
@@ -162,14 +163,14 @@ def test_training_never_reads_a_target_image(make_cfg, tmp_path, monkeypatch):
     original_get = domains_mod.ImageDataset.__getitem__
     monkeypatch.setattr(domains_mod.ImageDataset, "__getitem__",
                         lambda self, i: loads.append((phase["now"], str(self.samples[i][0]))) or original_get(self, i))
-    original_eval = train_mod.evaluate
+    original_eval = single_run.evaluate
 
     def evaluate(*a, **kw):
         phase["now"] = "eval"
         return original_eval(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "evaluate", evaluate)
-    rows = train_mod.run(make_cfg(*TINY, "variants=null", "model.method=landa", "model.lambda_t=0.5",
+    monkeypatch.setattr(single_run, "evaluate", evaluate)
+    rows = runner.run(make_cfg(*TINY, "variants=null", "model.method=landa", "model.lambda_t=0.5",
                                   "model.lambda_dc=0.5", run_dir=tmp_path / "run"))
     # the adaptation data (not the tiny CLIP's own pre-training corpus, which has every style)
     data = [(ph, p) for ph, p in loads if "/synthetic_domains-" in p]
@@ -181,7 +182,7 @@ def test_training_never_reads_a_target_image(make_cfg, tmp_path, monkeypatch):
 
 
 def test_toy_variants_run_and_compare(make_cfg, tmp_path):
-    rows = train_mod.run(make_cfg(*TINY, "~variants.landa_ot", run_dir=tmp_path / "run"))
+    rows = runner.run(make_cfg(*TINY, "~variants.landa_ot", run_dir=tmp_path / "run"))
     test = [r for r in rows if r["split"] == "test" and r["target"] == "infrared"]
     assert [r["variant"] for r in test] == ["zero_shot", "lp", "lp_zs", "lads", "landa"]
     summary = (tmp_path / "run" / "summary.csv").read_text().splitlines()

@@ -14,7 +14,7 @@ from datamodules.audio import rawboost
 from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.methods.moelora import DeepfakeDetectionModule
 from transfer.records import read_jsonl
-from transfer.train import run
+from transfer.runner import run
 
 TINY = ["experiment=moelora_toy", "variants=null", "sweep=null", "data.n_train=12", "data.n_dev=4", "data.n_eval=6",
         "data.n_ood=8", "data.batch_size=8", "model.pretext.clips=16", "model.pretext.steps=2",

@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY
 from transfer.optim import configured, make_optimizer, make_scheduler
-from transfer.train import run
+from transfer.runner import run
 
 
 def _groups():

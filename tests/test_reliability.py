@@ -57,7 +57,7 @@ def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
 
 
 def test_a_repeated_evaluation_replaces_its_rows(tmp_path):
-    from transfer.train import ROW_IDENTITY
+    from transfer.single_run import ROW_IDENTITY
 
     row = {"experiment": "e", "variant": None, "seed": 0, "fold": None, "sweep_point": None, "split": "test",
            "target": "t", "run_dir": "/r"}

@@ -20,7 +20,7 @@ from transfer.methods.sah import SegmentationModule
 from transfer.models.unets import MVNet, create_segmentation_net
 from transfer.records import read_jsonl
 from transfer.report import build_report
-from transfer.train import run
+from transfer.runner import run
 
 NET = {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [2], "num_res_units": 0}
 

@@ -16,7 +16,8 @@ from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.methods.sfda import (SAM, FewShotSFDAModule, MissingSourceModelError, SHOTNet, TargetClassesError,
                                    save_source_model)
 from transfer.records import read_jsonl
-from transfer.train import run, select_variants
+from transfer.collect import select_variants
+from transfer.runner import run
 
 # the toy at a tiny scale: 12 images per class and style, 16 px, a 1-epoch source stage, 4 adaptation steps
 TINY = ["experiment=sfda_toy", "callbacks=plain", "data.domains.per_class=12", "data.domains.size=16",

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY, cli, repo_root
 from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.records import read_jsonl
-from transfer.train import run
+from transfer.runner import run
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -182,15 +182,15 @@ def test_sweep_keys_are_zipped_point_by_point(monkeypatch, tmp_path):
     """Several sweep keys give one run per index (e.g. head seed i with pre-training seed i), not their product."""
     from omegaconf import OmegaConf
 
-    import transfer.train as train_mod
+    import transfer.runner as runner
 
     seen = []
-    monkeypatch.setattr(train_mod, "run_folds", lambda cfg: seen.append((cfg.seed, cfg.model.pre.seed, cfg.sweep_point)) or [])
+    monkeypatch.setattr(runner, "run_folds", lambda cfg: seen.append((cfg.seed, cfg.model.pre.seed, cfg.sweep_point)) or [])
     cfg = OmegaConf.create({"seed": 0, "model": {"pre": {"seed": 9}}, "sweep_point": None,
                             "paths": {"output_dir": str(tmp_path), "results_file": str(tmp_path / "r.jsonl")},
                             "sweep": {"seed": [0, 1], "model.pre.seed": [100, 101]}})
-    train_mod.run_sweep(cfg)
+    runner.run_sweep(cfg)
     assert seen == [(0, 100, "seed=0,model.pre.seed=100"), (1, 101, "seed=1,model.pre.seed=101")]
     cfg.sweep = {"seed": [0, 1], "model.pre.seed": [100]}
     with pytest.raises(ValueError, match="lists of one length"):
-        train_mod.run_sweep(cfg)
+        runner.run_sweep(cfg)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from transfer.train import run
+from transfer import experiments
+from transfer.runner import run
+
+experiments.register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -19,6 +19,7 @@ from torch import nn
 from .config import AdapterConfig
 from .inject import _set, adapter_layers, mark_trainable
 from .layer import AdapterLayer
+from ..statedict import StateDictFit, state_dict_fit
 
 FORMAT = "transfer-adapters/1"
 TENSORS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -102,10 +103,9 @@ def load_adapters(model: nn.Module, folder: str | Path, inject_missing: bool = T
         else:
             raise AdapterCheckpointError(f"{path}: module '{name}' has no adapter (use inject_missing=True)")
     tensors = load_file(str(path))
-    own = model.state_dict()
-    bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
-    if bad:
-        raise AdapterCheckpointError(f"{path}: {len(bad)} tensors do not fit this model (e.g. '{bad[0]}')")
+    fit = state_dict_fit(model.state_dict(), tensors)  # an adapter file holds a part of the model: none missing
+    if fit.unexpected or fit.mis_shaped:
+        raise AdapterCheckpointError(f"{path}: tensors do not fit this model: {StateDictFit([], fit.unexpected, fit.mis_shaped).describe()}")
     model.load_state_dict(tensors, strict=False)
     if meta.get("config"):
         mark_trainable(model, AdapterConfig(**meta["config"]))
@@ -126,11 +126,12 @@ def load_base_weights(model: nn.Module, state: dict[str, torch.Tensor], source: 
         if k not in own:
             head, _, leaf = k.rpartition(".")
             k = f"{head}.base.{leaf}" if head else k
-        if k not in own or own[k].shape != v.shape:
-            raise AdapterCheckpointError(f"{source}: tensor '{k}' does not fit this model; saved from another architecture?")
         mapped[k] = v
-    missing = [k for k in own if k not in mapped and not any(t in k for t in _ADAPTER_TENSORS)
-               and not k.endswith("num_batches_tracked") and k.startswith(prefix)]
-    if missing:
-        raise AdapterCheckpointError(f"{source}: {len(missing)} tensors of the model are missing (e.g. '{missing[0]}')")
+    fit = state_dict_fit(own, mapped, ignore=lambda k: any(t in k for t in _ADAPTER_TENSORS)
+                         or k.endswith("num_batches_tracked") or not k.startswith(prefix))
+    if fit.unexpected or fit.mis_shaped:
+        raise AdapterCheckpointError(f"{source}: tensor '{(fit.unexpected + fit.mis_shaped)[0]}' does not fit this "
+                                     f"model ({fit.describe()}); saved from another architecture?")
+    if fit.missing:
+        raise AdapterCheckpointError(f"{source}: {len(fit.missing)} tensors of the model are missing (e.g. '{fit.missing[0]}')")
     model.load_state_dict(mapped, strict=False)

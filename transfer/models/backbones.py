@@ -12,6 +12,7 @@ from torch import nn
 
 from transfer.models.registry import register_family
 from transfer.weights import WeightsError, load_state_dict, resolve
+from transfer.statedict import state_dict_fit
 
 log = logging.getLogger("transfer")
 
@@ -33,31 +34,21 @@ def load_pretrained(model: nn.Module, weights: str, *, skip_mismatched_head: boo
     """
     path = resolve(weights)
     state = load_state_dict(path)
-    own = model.state_dict()
-    head = _head_keys(model)
-    skipped, bad = [], []
-    for key, value in list(state.items()):
-        if key not in own:
-            continue
-        if own[key].shape != value.shape:
-            if skip_mismatched_head and key in head:
-                skipped.append(key)
-                state.pop(key)
-            else:
-                bad.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    own, head = model.state_dict(), _head_keys(model)
+    fit = state_dict_fit(own, state, ignore=lambda k: k.endswith("num_batches_tracked"))
+    skipped = [k for k in fit.mis_shaped if skip_mismatched_head and k in head]  # a head for another class count
     prefixes = _head_prefixes(model)
-    dropped = [k for k in state if k not in own and k.startswith(prefixes)]  # the file's head, on a headless model
-    for k in dropped:
-        state.pop(k)
-    unexpected = [k for k in state if k not in own]
-    not_head = [k for k in missing if k not in head]
+    dropped = [k for k in fit.unexpected if k.startswith(prefixes)]  # the file's head, on a headless model
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in fit.mis_shaped if k not in skipped]
+    unexpected = [k for k in fit.unexpected if k not in dropped]
+    not_head = [k for k in fit.missing if k not in head]
     if bad or not_head or unexpected:
         raise WeightsError(
             f"{path} does not fit {type(model).__name__}: {len(not_head)} missing tensors outside the classifier head "
             f"{not_head[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(bad)} of another shape {bad[:3]}"
         )
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped and k not in dropped}, strict=False)
+    missing = [k for k in own if k in fit.missing or k in skipped]
     if missing:
         log.warning("%s: classifier head %s left at its initial values (not in the file, or for another number of classes)", path, missing)
     if dropped:

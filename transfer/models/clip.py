@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from transfer.weights import load_state_dict, resolve
+from transfer.statedict import state_dict_fit
 
 open_clip.add_model_config(Path(__file__).with_name("clip_configs"))
 
@@ -69,10 +70,10 @@ class FrozenClip(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         path = Path(path)
         state = load_state_dict(path)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path}: CLIP weights do not fit {self.name}: {len(missing)} tensors missing "
-                             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        fit = state_dict_fit(self.model.state_dict(), state)
+        if not fit.ok:
+            raise ValueError(f"{path}: CLIP weights do not fit {self.name}: {fit.describe()}")
+        self.model.load_state_dict(state)
         stat = path.stat()
         self.identity = f"{self.name}:{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
 

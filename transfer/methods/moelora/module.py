@@ -17,12 +17,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from transfer.adapters import (AdapterConfig, MoELoRAConfig, adapter_state_dict, inject, inject_moe_lora,
                                load_balancing_loss, load_base_weights, router_z_loss, routers_of)
 from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.metrics.distributed import gather
 from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
 from transfer.models.wav2vec2 import SpoofClassifier
 from transfer.optim import configured, make_optimizer, make_scheduler
@@ -113,16 +113,11 @@ class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
             self._usage[idx] = self._usage.get(idx, 0) + mass.cpu()
 
     def _gathered(self) -> dict[int, list]:
-        scores = dict(self._scores)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, scores)
-            scores = defaultdict(list)
-            for part in parts:
-                for k, v in part.items():
-                    scores[k] += v
-        # the distributed sampler pads with repeated trials: keep one score per trial index
-        return {k: sorted(dict((i, (s, y)) for i, s, y in v).items()) for k, v in scores.items()}
+        """Each set's (trial index, (score, label)) from every process, in trial order."""
+        scores = defaultdict(list)
+        for k, rows in gather(list(self._scores.items())):
+            scores[k] += rows
+        return {k: sorted((i, (s, y)) for i, s, y in v) for k, v in scores.items()}
 
     def on_validation_epoch_start(self) -> None:
         self._scores = defaultdict(list)
@@ -163,8 +158,11 @@ class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
             plot_det(curves, out_dir / "det.png")
         if len(eers) > 1 and self.hparams.in_domain in eers:
             self.log("test/ood_mean/eer", float(np.mean([v for k, v in eers.items() if k != self.hparams.in_domain])))
-        if self._usage and self.trainer.is_global_zero:
-            usage = {names[i]: (u / u.sum()).tolist() for i, u in sorted(self._usage.items())}
+        mass: dict[int, torch.Tensor] = {}
+        for i, u in gather(list(self._usage.items())):  # gate mass summed over every process's trials
+            mass[i] = mass.get(i, 0) + u
+        if mass and self.trainer.is_global_zero:
+            usage = {names[i]: (u / u.sum()).tolist() for i, u in sorted(mass.items())}
             atomic_write_text(out_dir / "expert_usage.json", json.dumps(usage, indent=1))
             _plot_usage(usage, out_dir / "expert_usage.png")
 

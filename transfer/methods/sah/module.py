@@ -16,7 +16,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
@@ -24,6 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject, load_base_weights
 from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.metrics.distributed import gather
 from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
 from transfer.models.unets import create_segmentation_net, forward_any_size
 from transfer.optim import configured, make_optimizer, make_scheduler
@@ -168,13 +168,7 @@ class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
                 spacing, self.hparams.threshold, self.hparams.volume_bins))
 
     def on_test_epoch_end(self) -> None:
-        cases = self.case_results
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, cases)
-            cases = [c for part in gathered for c in part]
-        unique = {c.case_id: c for c in cases}  # the distributed sampler pads with repeated cases
-        self.case_results = sorted(unique.values(), key=lambda c: c.case_id)
+        self.case_results = sorted(gather(self.case_results), key=lambda c: c.case_id)
         if not self.case_results:
             return
         summary = summarize(self.case_results, self.hparams.volume_bins)

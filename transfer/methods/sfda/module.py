@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.synthetic import cache_key
 from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.metrics.distributed import gather
 from transfer.optim import configured, make_optimizer, make_scheduler, optimizer_class
 from transfer.stages import build_file_once
 
@@ -256,7 +257,7 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val_probs:
-            self.log("val/snd", snd(self._gather(self._val_probs)))
+            self.log("val/snd", snd(torch.cat(gather(self._val_probs))))
             self._val_probs = []
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -269,18 +270,8 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
         self.log(f"test/{self.target_name}/mean_class_acc", self.test_mean_class, add_dataloader_idx=False)
 
     def on_test_epoch_end(self) -> None:
-        self.log(f"test/{self.target_name}/snd", snd(self._gather(self._test_probs)))
+        self.log(f"test/{self.target_name}/snd", snd(torch.cat(gather(self._test_probs))))
         self._test_probs = []
-
-    def _gather(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """All processes' rows (evaluation shards are uneven: pad to the longest, gather, trim)."""
-        probs = torch.cat(parts)
-        if self.trainer.world_size == 1:
-            return probs
-        sizes = self.all_gather(torch.tensor([len(probs)], device=probs.device)).flatten().tolist()
-        padded = torch.cat([probs, probs.new_zeros(max(sizes) - len(probs), probs.shape[1])])
-        gathered = self.all_gather(padded)
-        return torch.cat([gathered[i, :n] for i, n in enumerate(sizes)])
 
 
 def train_source_stage(stage: dict[str, Any], path: Path, backbone: str, bottleneck: int) -> None:

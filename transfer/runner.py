@@ -1,0 +1,105 @@
+"""Many runs from one config: each variant (baselines beside a method), crossed with scenarios; each sweep point
+(zipped keys); each fold (``fold=all``); then the comparison tables (:func:`transfer.collect.write_tables`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from transfer.collect import write_tables
+from transfer.records import atomic_write_text
+from transfer.single_run import run_one
+
+log = logging.getLogger("transfer")
+
+
+def variant_overrides(cfg: DictConfig) -> dict[str, list[str]]:
+    """``variants`` ({name: [dotlist]}), crossed with ``scenarios`` when given: names ``scenario/variant``.
+    An item ``@name`` expands to the dotlist ``override_sets.name``."""
+    sets = cfg.get("override_sets") or {}
+
+    def expand(dotlist) -> list[str]:  # "@name" stands for the list override_sets.name
+        out = []
+        for item in dotlist or []:
+            if item.startswith("@"):
+                if item[1:] not in sets:
+                    raise KeyError(f"variant uses {item}, but override_sets has no '{item[1:]}' (has: {list(sets)})")
+                out += list(sets[item[1:]])
+            else:
+                out.append(item)
+        return out
+
+    variants = {k: expand(v) for k, v in (cfg.get("variants") or {}).items()}
+    scenarios = {k: expand(v) for k, v in (cfg.get("scenarios") or {}).items()}
+    if not scenarios:
+        return variants
+    return {f"{s}/{v}": s_over + v_over for s, s_over in scenarios.items() for v, v_over in (variants or {"": []}).items()}
+
+
+def run(cfg: DictConfig) -> list[dict]:
+    """One run, or each variant in turn (baselines beside a method; ``scenarios`` x ``variants``), each over
+    the ``sweep`` values (e.g. shot seeds); then a comparison, mean +- std over the sweep."""
+    overrides = variant_overrides(cfg)
+    if not overrides:
+        return run_sweep(cfg)
+    out = Path(cfg.paths.output_dir)
+    results_file = str(cfg.paths.results_file)
+    rows = []
+    for name, dotlist in overrides.items():
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.variants, sub.scenarios, sub.variant = None, None, name
+            sub.paths.output_dir, sub.paths.results_file = str(out / name), results_file
+        sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(dotlist))
+        log.info("variant %s: %s", name, " ".join(dotlist) or "(the experiment as is)")
+        rows += run_sweep(sub)
+    return write_tables(rows, out, [out], cfg.get("select"), cfg.selection.protocol, cfg.get("report_metrics"))
+
+
+def run_sweep(cfg: DictConfig) -> list[dict]:
+    """``sweep: {key: [values]}``: the run once per value (e.g. ``data.shot_seed: [0, 1, 2]``). Several keys with
+    lists of one length are zipped, point i taking the i-th value of each (e.g. head seed and pre-training seed)."""
+    sweep = cfg.get("sweep")
+    if not sweep:
+        return run_folds(cfg)
+    keys = list(sweep)
+    lengths = {k: len(sweep[k]) for k in keys}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"sweep keys are zipped point by point and need lists of one length, got {lengths}; "
+                         f"cross values with variants or scenarios instead")
+    out, rows = Path(cfg.paths.output_dir), []
+    for values in zip(*(sweep[k] for k in keys)):
+        point = ",".join(f"{k}={v}" for k, v in zip(keys, values))
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.sweep, sub.sweep_point = None, point
+            sub.paths.output_dir, sub.paths.results_file = str(out / point), str(cfg.paths.results_file)
+        for k, v in zip(keys, values):
+            OmegaConf.update(sub, k, v, force_add=True)
+        rows += run_folds(sub)
+    return rows
+
+
+def run_folds(cfg: DictConfig) -> list[dict]:
+    """``fold=all`` (or ``folds=all``): every fold in turn from the same pre-trained start, then the pooled cases."""
+    if cfg.get("fold") != "all" and cfg.get("folds") != "all":
+        return run_one(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    out, rows = Path(cfg.paths.output_dir), []
+    for i in range(datamodule.num_folds):
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.fold, sub.data.fold = i, i
+            sub.paths.output_dir, sub.paths.results_file = str(out / f"fold_{i}"), str(cfg.paths.results_file)
+        rows += run_one(sub)
+    parts = [out / f"fold_{i}" / "per_case.csv" for i in range(datamodule.num_folds)]
+    if all(p.exists() for p in parts):
+        from transfer.metrics.clinical import cases_from_csv, cases_to_csv
+
+        cases = [c for p in parts for c in cases_from_csv(p.read_text())]
+        atomic_write_text(out / "per_case.csv", cases_to_csv(cases))
+    return rows
