@@ -408,9 +408,12 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_the_detecto
         assert all(p.grad is None for p in module.detector.parameters())
         return loss.detach(), {n: p.grad.clone() for n, p in module.translator.named_parameters()}, module
 
-    loss0, grads0, _ = step("none")
+    loss0, grads0, plain = step("none")
     loss1, grads1, module = step(which)
     assert torch.equal(loss0, loss1)
+    # the translator's BatchNorm statistics count the batch once, not again when a block is recomputed
+    kept, ran = plain.translator.state_dict(), module.translator.state_dict()
+    assert all(torch.equal(kept[k], ran[k]) for k in kept)
     assert grads0.keys() == grads1.keys()
     assert max((grads0[k] - grads1[k]).abs().max().item() for k in grads0) < 1e-6
     names = {type(m).__name__ for m in module.modules()}
@@ -427,3 +430,39 @@ def test_bf16_autocast_step_on_cpu():
         loss = sum(module.detector.losses(module.translator(ir), targets).values())
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in module.translator.parameters())
+
+
+def test_checkpointed_resnet_detector_keeps_no_stem_maps_and_gives_the_same_input_gradient():
+    """A torchvision ResNet-FPN detector (frozen, as ModTr uses it): with checkpointing the stem (conv1, bn1, relu,
+    maxpool) runs as one recomputed segment and the stages in segments of two bottlenecks, so none of the stem's
+    half-resolution maps and only every other bottleneck input is kept for the backward pass; the gradient reaching
+    the image is the one without checkpointing."""
+    import torchvision
+
+    from transfer.models.detectors import checkpoint_detector, freeze_batchnorm
+
+    def step(checkpointed: bool):
+        torch.manual_seed(0)
+        det = freeze_batchnorm(torchvision.models.detection.fcos_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)).train()
+        det.requires_grad_(False)
+        if checkpointed:
+            checkpoint_detector(det)
+        image = torch.rand(1, 3, 64, 64, requires_grad=True)
+        target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([1])}]
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            loss = sum(det(list(image), target).values())
+        loss.backward()
+        return loss.detach(), image.grad, shapes, det
+
+    loss0, grad0, shapes0, _ = step(False)
+    loss1, grad1, shapes1, det = step(True)
+    assert type(det.backbone.body).__name__.startswith("RecomputedStem")
+    assert type(det.backbone.body.layer1).__name__ == "RecomputedSequential" and det.backbone.body.layer1.per == 2
+    assert torch.equal(loss0, loss1) and (grad0 - grad1).abs().max() < 1e-6
+    stem_maps = [s for s in shapes0 if len(s) == 4 and s[1] == 64 and s[2] == 32]  # conv1/bn1/relu at 32x32
+    assert stem_maps and not [s for s in shapes1 if len(s) == 4 and s[1] == 64 and s[2] == 32]
+    # 256-channel maps at 16x16 are layer1's block outputs: kept only where a segment starts (layer1's bottleneck 2,
+    # layer2's first segment), not also bottleneck 1's input as with one block per segment
+    assert len([s for s in shapes1 if s == (1, 256, 16, 16)]) == 2

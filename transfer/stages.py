@@ -104,3 +104,13 @@ def cached_stage(path: str | Path, build: Callable[[], Mapping[str, torch.Tensor
                  metadata: dict[str, str] | None = None) -> Path:
     """The stage's tensors at ``path``: built once by the first process (``build`` returns them), read by all."""
     return build_file_once(path, lambda p: save_tensors(build(), p, metadata))
+
+
+def stage_trainer(**kwargs):
+    """The Trainer a cached stage trains with: one CPU process, nothing logged, saved or printed. On the CPU on
+    purpose: a stage's file is a function of its settings only (its key has no device), so a GPU run and a CPU run
+    share it. ``kwargs`` are the stage's own (steps, clipping, validation)."""
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_model_summary=False, enable_progress_bar=False, **kwargs)

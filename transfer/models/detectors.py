@@ -8,6 +8,7 @@ prediction pass (eval mode, ``no_grad``, never sees targets) are separate calls.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
@@ -120,13 +122,59 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _batchnorm_statistics_kept(module: nn.Module):
+    """While a checkpointed block runs again in the backward pass, its training-mode BatchNorm layers compute what
+    the first pass did, but their running statistics are put back afterwards: otherwise every recomputation would
+    count the batch twice (``num_batches_tracked``, ``running_mean``/``var``)."""
+    kept = [(b, b.clone()) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    try:
+        yield
+    finally:
+        for b, value in kept:
+            b.copy_(value)
+
+
+def _checkpointed(function, owner: nn.Module, *args, **kwargs):
+    """``function(*args)`` recomputed in the backward pass (non-reentrant); ``owner``'s BatchNorm statistics count
+    the batch once."""
+    return torch.utils.checkpoint.checkpoint(
+        function, *args, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _batchnorm_statistics_kept(owner)), **kwargs)
+
+
 class _Recomputed:
     """Mixin put in front of a module's class by :func:`recompute_in_backward`."""
 
     def forward(self, *args, **kwargs):
         if torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+            return _checkpointed(super().forward, self, *args, **kwargs)
         return super().forward(*args, **kwargs)
+
+
+class _RecomputedStem:
+    """Mixin for torchvision's ``IntermediateLayerGetter`` (a detector's backbone body): the layers in front of the
+    first stage (conv1, bn1, relu, maxpool) run as one checkpointed segment, so only the image is kept for the
+    backward pass, not the stem's full-resolution maps and max-pool indices."""
+
+    stem_length = 0
+
+    def forward(self, x):
+        items = list(self.items())
+
+        def stem(x):
+            for _, m in items[:self.stem_length]:
+                x = m(x)
+            return x
+
+        x = _checkpointed(stem, self, x) if torch.is_grad_enabled() else stem(x)
+        out = OrderedDict()
+        for name, module in items[self.stem_length:]:
+            x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
 
 
 def recompute_in_backward(module: nn.Module) -> nn.Module:
@@ -138,11 +186,34 @@ def recompute_in_backward(module: nn.Module) -> nn.Module:
     return module
 
 
-def recompute_blocks(module: nn.Module) -> list[nn.Module]:
-    """Checkpoint ``module`` block by block (each element of its sequential stages, e.g. every ResNet bottleneck):
-    the backward pass then holds one block's activations at a time instead of the whole network's."""
+class _RecomputedSegments:
+    """Mixin for an ``nn.Sequential`` stage: its blocks run in checkpointed segments of ``per`` blocks."""
+
+    per = 1
+
+    def forward(self, x):
+        blocks = list(self)
+        for i in range(0, len(blocks), self.per):
+            def segment(x, part=blocks[i:i + self.per]):
+                for block in part:
+                    x = block(x)
+                return x
+
+            x = _checkpointed(segment, self, x) if torch.is_grad_enabled() else segment(x)
+        return x
+
+
+def recompute_blocks(module: nn.Module, skip: int = 0, per: int = 1) -> list[nn.Module]:
+    """Checkpoint ``module``'s sequential stages in segments of ``per`` blocks (e.g. ResNet bottlenecks; the first
+    ``skip`` children are left out), other children with parameters one by one: the backward pass then holds the
+    segments' inputs and one segment's activations at a time instead of the whole network's."""
     done = []
-    for child in module.children():
+    for child in list(module.children())[skip:]:
+        if isinstance(child, nn.Sequential) and len(child) > 1 and per > 1 and all(any(b.children()) for b in child):
+            child.__class__ = type(f"Recomputed{type(child).__name__}", (_RecomputedSegments, type(child)), {})
+            child.per = per
+            done.append(child)
+            continue
         blocks = list(child) if isinstance(child, nn.Sequential) and len(child) > 1 else [child]
         for block in blocks:
             if any(p.numel() for p in block.parameters()):
@@ -150,11 +221,23 @@ def recompute_blocks(module: nn.Module) -> list[nn.Module]:
     return done
 
 
-def checkpoint_detector(detector: nn.Module) -> list[nn.Module]:
-    """Activation checkpointing of a (frozen) torchvision detector: the backbone block by block, the FPN, and the
-    dense heads of FCOS / RetinaNet (Faster R-CNN's RPN and ROI heads sample proposals and are left as they are)."""
+def checkpoint_detector(detector: nn.Module, blocks_per_segment: int = 2) -> list[nn.Module]:
+    """Activation checkpointing of a (frozen) torchvision detector: the backbone's stem as one segment, its stages in
+    segments of ``blocks_per_segment`` blocks, the FPN, and the dense heads of FCOS / RetinaNet (Faster R-CNN's RPN
+    and ROI heads sample proposals and are left as they are). Two blocks per segment halve the segment inputs kept
+    for the backward pass against one, for the same recomputation (each block runs once more either way)."""
     backbone = detector.backbone
-    done = recompute_blocks(getattr(backbone, "body", backbone))
+    body = getattr(backbone, "body", backbone)
+    stem = 0
+    if isinstance(body, IntermediateLayerGetter):
+        for name, child in body.named_children():
+            if isinstance(child, nn.Sequential) or name in body.return_layers:
+                break
+            stem += 1
+        if stem and not isinstance(body, _RecomputedStem):
+            body.__class__ = type(f"RecomputedStem{type(body).__name__}", (_RecomputedStem, type(body)), {})
+            body.stem_length = stem
+    done = recompute_blocks(body, skip=stem, per=blocks_per_segment) + ([body] if stem else [])
     if hasattr(backbone, "fpn"):
         done.append(recompute_in_backward(backbone.fpn))
     head = getattr(detector, "head", None)

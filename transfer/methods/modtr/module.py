@@ -24,9 +24,9 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
 from transfer.optim import configured, make_optimizer, make_scheduler
-from transfer.stages import cached_stage
+from transfer.stages import cached_stage, stage_trainer
 from transfer.models.detectors import (CHECKPOINTING, TorchvisionDetector, checkpoint_detector, create_detector,
-                                       load_detector_weights, recompute_blocks)
+                                       load_detector_weights, recompute_blocks, recompute_in_backward)
 
 from .baselines import build_translator
 from .service import load_translator_state
@@ -77,14 +77,17 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
 
     def _checkpoint_activations(self, which: str) -> None:
         """Recompute instead of store: the frozen detector's backbone + FPN and dense head (what dominates a ModTr
-        step's memory at FLIR resolution), and/or the translator's encoder."""
+        step's memory at FLIR resolution), and/or the translator: its encoder block by block and each decoder block
+        (the tiny UNet has neither and is left as it is)."""
         if which in ("detector", "both"):
             checkpoint_detector(self.detector.detector)
         if which in ("translator", "both"):
             inner = getattr(self.translator, "net", self.translator)
             encoder = getattr(inner, "encoder", None)
-            if encoder is not None:  # the UNet's encoder, block by block (the tiny UNet has none: left as is)
+            if encoder is not None:
                 recompute_blocks(encoder)
+                for block in getattr(inner, "blocks", []):
+                    recompute_in_backward(block)
 
     def _maps(self) -> torch.nn.ModuleDict:
         names = [self.hparams.input_modality]
@@ -116,9 +119,8 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         stage = ModTrModule(detector=self.hparams.detector, translator={"name": "identity"}, train_detector="full",
                             input_modality="rgb", lr=spec["lr"], weight_decay=spec.get("weight_decay", 1e-4),
                             warmup=spec.get("warmup", 0.1))
-        trainer = L.Trainer(max_steps=spec["steps"], accelerator="cpu", devices=1, logger=False,
-                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                            gradient_clip_val=spec.get("clip", 10.0), limit_val_batches=0, num_sanity_val_steps=0)
+        trainer = stage_trainer(max_steps=spec["steps"], gradient_clip_val=spec.get("clip", 10.0), limit_val_batches=0,
+                                num_sanity_val_steps=0)
         datamodule.setup("fit")
         trainer.fit(stage, train_dataloaders=datamodule.train_dataloader())
         return stage.detector.detector.state_dict()

@@ -27,7 +27,7 @@ from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_
 from transfer.models.wav2vec2 import SpoofClassifier
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.records import atomic_write_text
-from transfer.stages import cached_stage
+from transfer.stages import cached_stage, stage_trainer
 from transfer.weights import load_state_dict
 
 MODES = ("full", "head", "lora", "moe")
@@ -82,8 +82,7 @@ class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
         data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
                                            batch_size=spec.get("batch_size", 32), shuffle=True)
         stage = _Pretext(model, spec.get("lr", 1e-3))
-        L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-                  enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False).fit(stage, data)
+        stage_trainer(max_steps=spec["steps"], max_epochs=-1).fit(stage, data)
         return model.backbone.state_dict()
 
     # -- training

@@ -28,7 +28,7 @@ from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, s
 from transfer.models.unets import create_segmentation_net, forward_any_size
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.records import atomic_write_text
-from transfer.stages import cached_stage
+from transfer.stages import cached_stage, stage_trainer
 from transfer.weights import load_state_dict
 
 ADAPTER_KINDS = tuple(k for k in PAPER_NAMES if k not in ("lora", "dora"))
@@ -130,8 +130,7 @@ class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
         stage = SegmentationModule(net=self.hparams.net, strategy="full", loss=self.hparams.loss, lr=spec.get("lr", 1e-3))
         data = VolumeDataModule(str(datalist), folds_file="", train_on="all", batch_size=spec.get("batch_size", 4),
                                 window=datamodule.window, roi=datamodule.roi, flip=datamodule.flip)
-        trainer = L.Trainer(max_steps=spec["steps"], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+        trainer = stage_trainer(max_steps=spec["steps"], max_epochs=-1)
         trainer.fit(stage, datamodule=data)
         return stage.net.state_dict()
 

@@ -24,7 +24,7 @@ from datamodules.synthetic import cache_key
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.distributed import gather
 from transfer.optim import configured, make_optimizer, make_scheduler, optimizer_class
-from transfer.stages import build_file_once
+from transfer.stages import build_file_once, stage_trainer
 
 from .losses import aad_loss, information_maximization, nrc_loss, shot_pseudo_labels, snd
 from .network import SHOTNet
@@ -284,8 +284,6 @@ def train_source_stage(stage: dict[str, Any], path: Path, backbone: str, bottlen
     dm = instantiate(stage["data"], _convert_="all")
     tmp = path.with_name(path.name + ".partial")  # exported at each best source-val accuracy, renamed when done
     module = SHOTSourceModule(backbone=backbone, bottleneck=bottleneck, export_path=str(tmp), **stage.get("model", {}))
-    trainer = L.Trainer(max_epochs=stage["max_epochs"], accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        num_sanity_val_steps=0)
+    trainer = stage_trainer(max_epochs=stage["max_epochs"], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     tmp.replace(path)
