@@ -237,7 +237,8 @@ def test_ddp_per_case_rows_are_not_duplicated(tmp_path):
 
 @pytest.mark.slow
 def test_sah_toy_orderings(tmp_path):
-    """Every transfer beats no fine-tuning; Dice rises from the smallest to the largest volume bin."""
+    """Every transfer beats no fine-tuning; the best adapter is within 0.02 Dice of full fine-tuning with a third of
+    its trainable parameters or fewer; Dice rises from the smallest to the largest volume bin."""
     res = run_toy("sah_toy", tmp_path, "callbacks=plain", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     import csv
@@ -246,6 +247,9 @@ def test_sah_toy_orderings(tmp_path):
             for r in csv.DictReader((tmp_path / "run" / "report" / "report.csv").open())}
     for method in ("full", "convlora_r4", "cp_lora_r32"):
         assert float(rows[method]["dice"]) > float(rows["none"]["dice"])
+    best = max(("convlora_r4", "cp_lora_r32"), key=lambda m: float(rows[m]["dice"]))
+    assert float(rows[best]["dice"]) >= float(rows["full"]["dice"]) - 0.02, {m: rows[m]["dice"] for m in rows}
+    assert int(rows[best]["trainable"]) * 3 <= int(rows["full"]["trainable"])
     for r in rows.values():
         assert float(r["dice 0-25 mL"]) < float(r["dice 50-100 mL"])
 

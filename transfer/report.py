@@ -118,12 +118,7 @@ def _plots(methods: dict[str, list], bin_names: list[str], out: Path) -> None:
             patch.set_facecolor(f"C{j}")
         ax.plot([], [], color=f"C{j}", label=name, linewidth=6)
     ax.set_xticks(range(len(bin_names)), bin_names)
-    ax.set_ylabel("Dice")
-    ax.set_xlabel("true lesion volume")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "dice_by_volume.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, "true lesion volume", "Dice", out / "dice_by_volume.png")
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     top = max(max(c.true_ml, c.pred_ml) for cases in methods.values() for c in cases)
     for j, (name, cases) in enumerate(methods.items()):
@@ -131,11 +126,17 @@ def _plots(methods: dict[str, list], bin_names: list[str], out: Path) -> None:
         reg = regression(x, y)
         ax.scatter(x, y, s=12, color=f"C{j}", label=f"{name} (r={reg['pearson_r']:.2f})")
     ax.plot([0, top], [0, top], "k--", linewidth=1)
-    ax.set_xlabel("true volume (mL)")
-    ax.set_ylabel("predicted volume (mL)")
+    _save(fig, ax, "true volume (mL)", "predicted volume (mL)", out / "volume_scatter.png")
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "volume_scatter.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
