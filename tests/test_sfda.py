@@ -266,6 +266,7 @@ def test_snd_selection_picks_the_densest_candidate_per_seed():
     assert all("[oracle]" in r["selection"] for r in select_variants(rows, by_acc, "oracle"))
 
 
+@pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests
 def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir):
     """SHOT over 2 gloo processes (memory banks and SND gathered across ranks), then the last checkpoint scored
     in one process must give the same target accuracy."""

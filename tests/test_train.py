@@ -122,6 +122,7 @@ def test_unknown_experiment_lists_available_ones(tmp_path):
     assert "source_only_tyo" in out.stderr and "source_only_toy" in out.stderr
 
 
+@pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests
 def test_ddp_two_processes_match_single_process_metrics(tmp_path, cache_dir):
     """Train with strategy=ddp over 2 gloo processes from the CLI (any cwd), then score the selected
     checkpoint in one process: the DDP-synced torchmetrics values must equal the single-process ones."""
