@@ -123,11 +123,12 @@ def weights_hash(module: nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def _batchnorm_statistics_kept(module: nn.Module):
-    """While a checkpointed block runs again in the backward pass, its training-mode BatchNorm layers compute what
+def _batchnorm_statistics_kept(modules: list[nn.Module]):
+    """While checkpointed modules run again in the backward pass, their training-mode BatchNorm layers compute what
     the first pass did, but their running statistics are put back afterwards: otherwise every recomputation would
     count the batch twice (``num_batches_tracked``, ``running_mean``/``var``)."""
-    kept = [(b, b.clone()) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    kept = [(b, b.clone()) for module in modules for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
             for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     try:
         yield
@@ -136,12 +137,22 @@ def _batchnorm_statistics_kept(module: nn.Module):
             b.copy_(value)
 
 
-def _checkpointed(function, owner: nn.Module, *args, **kwargs):
-    """``function(*args)`` recomputed in the backward pass (non-reentrant); ``owner``'s BatchNorm statistics count
-    the batch once."""
+def _checkpointed(function, modules: list[nn.Module], *args, **kwargs):
+    """``function(*args)`` (which runs ``modules``) recomputed in the backward pass (non-reentrant); the modules'
+    BatchNorm statistics count the batch once."""
     return torch.utils.checkpoint.checkpoint(
         function, *args, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(), _batchnorm_statistics_kept(owner)), **kwargs)
+        context_fn=lambda: (contextlib.nullcontext(), _batchnorm_statistics_kept(modules)), **kwargs)
+
+
+def _in_turn(modules: list[nn.Module], x):
+    """``modules`` applied one after the other, as one checkpointed segment when gradients are on."""
+    def run(x):
+        for m in modules:
+            x = m(x)
+        return x
+
+    return _checkpointed(run, modules, x) if torch.is_grad_enabled() else run(x)
 
 
 class _Recomputed:
@@ -149,7 +160,7 @@ class _Recomputed:
 
     def forward(self, *args, **kwargs):
         if torch.is_grad_enabled():
-            return _checkpointed(super().forward, self, *args, **kwargs)
+            return _checkpointed(super().forward, [self], *args, **kwargs)
         return super().forward(*args, **kwargs)
 
 
@@ -162,13 +173,7 @@ class _RecomputedStem:
 
     def forward(self, x):
         items = list(self.items())
-
-        def stem(x):
-            for _, m in items[:self.stem_length]:
-                x = m(x)
-            return x
-
-        x = _checkpointed(stem, self, x) if torch.is_grad_enabled() else stem(x)
+        x = _in_turn([m for _, m in items[:self.stem_length]], x)
         out = OrderedDict()
         for name, module in items[self.stem_length:]:
             x = module(x)
@@ -194,12 +199,7 @@ class _RecomputedSegments:
     def forward(self, x):
         blocks = list(self)
         for i in range(0, len(blocks), self.per):
-            def segment(x, part=blocks[i:i + self.per]):
-                for block in part:
-                    x = block(x)
-                return x
-
-            x = _checkpointed(segment, self, x) if torch.is_grad_enabled() else segment(x)
+            x = _in_turn(blocks[i:i + self.per], x)
         return x
 
 
