@@ -107,6 +107,32 @@ def test_bad_descriptions_are_refused():
         LanDAModule(target_prompt="a sketch", source_prompts={})
 
 
+def test_tiny_clip_stage_loss_is_clips_when_every_caption_names_style_and_class():
+    """The stage's multi-positive loss (a caption matches every image it describes) is open_clip's ClipLoss when each
+    caption names one image's style and class, and it trains under Lightning on the batches drawn up front."""
+    from open_clip.loss import ClipLoss
+
+    from transfer.methods.landa.pretrain import _ContrastiveStage, _draw_batches
+
+    clip = FrozenClip("landa-tiny")
+    torch.manual_seed(0)
+    images = torch.randn(6, 3, 32, 32)
+    stage = _ContrastiveStage(clip.model, clip.tokenizer, images, lr=1e-3, steps=1)
+    style, cls = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 1, 2, 0, 1, 2])
+    captions = [f"{s} of a {c}" for s, c in zip(["photo"] * 3 + ["sketch"] * 3, ["circle", "square", "star"] * 2)]
+    true = torch.ones(6, dtype=torch.bool)
+    loss = stage.training_step({"index": torch.arange(6), "captions": captions, "style": style, "cls": cls,
+                                "says_style": true, "says_class": true}, 0)
+    img = F.normalize(clip.model.encode_image(images), dim=-1)
+    txt = F.normalize(clip.model.encode_text(clip.tokenizer(captions)), dim=-1)
+    assert loss.item() == pytest.approx(ClipLoss()(img, txt, clip.model.logit_scale.exp()).item(), abs=1e-6)
+    spec = {"epochs": 2, "batch_size": 4, "seed": 3, "caption_mix": {"both": 1, "style": 1},
+            "style_frequency": {"b": 0.0}}
+    batches = _draw_batches(spec, torch.arange(4), {"a": "a photo", "b": "a sketch"}, ["circle", "star"])
+    assert len(batches) == 2 and all(set(b["style"].tolist()) == {0} for b in batches)  # frequency 0: never drawn
+    assert all("a photo" in c and "sketch" not in c for b in batches for c in b["captions"])
+
+
 def test_unknown_clip_model_lists_close_names_and_weights_are_never_downloaded(tmp_path):
     with pytest.raises(UnknownClipModelError, match="close names: .*ViT-B-16"):
         FrozenClip("ViT-B-61")

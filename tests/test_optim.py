@@ -48,3 +48,22 @@ def test_optimiser_from_the_command_line_trains_and_its_checkpoint_loads_safely(
     assert ckpt["hyper_parameters"]["optimizer"]["name"] == "SGD"
     assert ckpt["optimizer_states"][0]["param_groups"][0]["momentum"] == 0.9
     assert ckpt["lr_schedulers"][0]["step_size"] == 1
+
+
+def test_hydra_partial_form_is_the_same_optimiser_and_stays_loadable(make_cfg, tmp_path):
+    """lightning-hydra-template's ``{_target_, _partial_: true}`` names the same optimiser; it reaches the module (and
+    the checkpoint) as the plain dict, never as a ``functools.partial`` that ``weights_only`` loading refuses."""
+    opt = make_optimizer(_groups(), {"_target_": "torch.optim.SGD", "_partial_": True, "momentum": 0.8}, None)
+    assert type(opt) is torch.optim.SGD and {g["momentum"] for g in opt.param_groups} == {0.8}
+    with pytest.raises(ValueError, match="must be _partial_: true"):
+        make_optimizer(_groups(), {"_target_": "torch.optim.SGD", "_partial_": False}, None)
+    with pytest.raises(ValueError, match="names its class twice"):
+        make_optimizer(_groups(), {"_target_": "torch.optim.SGD", "name": "Adam"}, None)
+    rows = run(make_cfg("experiment=source_only_toy", *TINY,
+                        "model.optimizer={_target_: torch.optim.SGD, _partial_: true, momentum: 0.9}",
+                        "model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 1,"
+                        " interval: epoch}", run_dir=tmp_path / "run"))
+    ckpt = torch.load(Path(rows[0]["checkpoint"]), map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["optimizer"] == {"name": "torch.optim.SGD", "momentum": 0.9}
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["momentum"] == 0.9
+    assert ckpt["lr_schedulers"][0]["step_size"] == 1

@@ -185,6 +185,42 @@ def _slow_build(path: str, log: str) -> None:
     assert torch.equal(load_checkpoint_file_safetensors(path), torch.arange(10.0))
 
 
+def test_stage_file_is_keyed_by_settings_and_the_training_code(tmp_path, monkeypatch):
+    """Every cached stage names its file through ``stage_file``: other settings or edited training code give another
+    file (a stale stage is never read), the cache folder itself does not count."""
+    import transfer.stages as stages
+
+    settings = {"steps": 10, "lr": 1e-3, "cache_dir": str(tmp_path / "a")}
+    path = stages.stage_file(tmp_path, "stage", settings, code=("transfer.stages",))
+    assert path.parent == tmp_path and path.name.startswith("stage-") and path.suffix == ".safetensors"
+    assert stages.stage_file(tmp_path, "stage", {**settings, "cache_dir": "elsewhere"}, code=("transfer.stages",)) == path
+    assert stages.stage_file(tmp_path, "stage", {**settings, "steps": 11}, code=("transfer.stages",)) != path
+    assert stages.stage_file(tmp_path, "stage", settings, code=("transfer.optim",)) != path
+    edited = tmp_path / "edited.py"
+    edited.write_text(Path(stages.__file__).read_text() + "\n# an edit\n")
+    real_import = stages.importlib.import_module
+    monkeypatch.setattr(stages.importlib, "import_module",
+                        lambda name: type("M", (), {"__file__": str(edited)}) if name == "transfer.stages" else real_import(name))
+    assert stages.stage_file(tmp_path, "stage", settings, code=("transfer.stages",)) != path
+
+
+def test_a_stage_trains_like_its_run_and_is_keyed_by_how(tmp_path):
+    """The stage's Trainer takes the run's device type and precision (one process); a stage trained another way is
+    another file."""
+    import lightning as L
+
+    from transfer.stages import stage_device, stage_file, stage_trainer
+
+    fp32 = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    bf16 = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False)
+    assert stage_device(fp32) == stage_device(None) == {"device": "cpu", "precision": "32-true"}
+    stage = stage_trainer(bf16, max_steps=3)
+    assert stage.precision == "bf16-mixed" and stage.strategy.root_device.type == "cpu" and stage.max_steps == 3
+    assert stage.logger is None and not stage.checkpoint_callbacks
+    assert stage_file(tmp_path, "s", {"a": 1}, run=fp32) == stage_file(tmp_path, "s", {"a": 1})
+    assert stage_file(tmp_path, "s", {"a": 1}, run=bf16) != stage_file(tmp_path, "s", {"a": 1})
+
+
 def load_checkpoint_file_safetensors(path: str) -> torch.Tensor:
     from safetensors.torch import load_file
 

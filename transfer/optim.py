@@ -6,7 +6,12 @@ numbers do not change unless asked. From the command line a researcher swaps the
     model.optimizer='{name: SGD, momentum: 0.9, nesterov: true, weight_decay: 1e-3}'
     model.scheduler='{name: CosineAnnealingLR, T_max: 1000, interval: step}'
 
-``name`` is a class in ``torch.optim`` / ``torch.optim.lr_scheduler`` or a dotted path to one. The method's
+``name`` is a class in ``torch.optim`` / ``torch.optim.lr_scheduler`` or a dotted path to one. Hydra's partial form
+(lightning-hydra-template's) means the same and is stored as the plain one:
+
+    model.optimizer='{_target_: torch.optim.SGD, _partial_: true, momentum: 0.9}'
+
+The method's
 parameter groups are kept, with their learning rates (``model.lr`` and its per-group multipliers, e.g. SFDA's
 0.1x backbone); an ``lr`` in the override sets the default for groups that have none. The specs are plain
 dicts (no ``_target_``) so that they live in checkpoints' hyper-parameters and load with ``weights_only=True``.
@@ -34,8 +39,37 @@ def _resolve(name: str, module) -> type:
     return cls
 
 
-def _split(spec: Mapping[str, Any], what: str) -> tuple[str, dict[str, Any]]:
+def plain_spec(spec: Mapping[str, Any] | None, what: str = "optimizer") -> dict[str, Any] | None:
+    """``spec`` as a ``{name: ...}`` dict: Hydra's ``{_target_: ..., _partial_: true, ...}`` is rewritten so that it
+    is not instantiated into a ``functools.partial`` (which a ``weights_only`` checkpoint cannot hold)."""
+    if not spec or "_target_" not in spec:
+        return spec
     kwargs = dict(spec)
+    if kwargs.pop("_partial_", True) is not True:
+        raise ValueError(f"model.{what} with a _target_ must be _partial_: true (the method supplies its parameters), "
+                         f"got {dict(spec)}")
+    if "name" in kwargs:
+        raise ValueError(f"model.{what} names its class twice (name and _target_): {dict(spec)}")
+    kwargs.pop("_recursive_", None), kwargs.pop("_convert_", None)
+    return {"name": kwargs.pop("_target_"), **kwargs}
+
+
+def plain_specs(model_cfg):
+    """A model config (DictConfig) with its ``optimizer`` / ``scheduler`` in the plain form, ready to instantiate."""
+    from omegaconf import OmegaConf, open_dict
+
+    out = model_cfg.copy()
+    for what in ("optimizer", "scheduler"):
+        node = out.get(what)
+        if node is not None and OmegaConf.is_dict(node) and "_target_" in node:
+            plain = plain_spec(OmegaConf.to_container(node, resolve=True), what)
+            with open_dict(out):
+                out[what] = plain
+    return out
+
+
+def _split(spec: Mapping[str, Any], what: str) -> tuple[str, dict[str, Any]]:
+    kwargs = dict(plain_spec(spec, what))
     name = kwargs.pop("name", None)
     if not name:
         raise ValueError(f"model.{what} needs a 'name' (a class in torch.optim{'.lr_scheduler' if what == 'scheduler' else ''}), "

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transfer.checkpoints import AtomicCheckpointIO
 from transfer.data import DataSummaryWriter
 from transfer.fetch import fetch_on_first_use
+from transfer.optim import plain_specs
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
 
 log = logging.getLogger("transfer")
@@ -38,7 +39,7 @@ def build(cfg: DictConfig):
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    model = instantiate(plain_specs(cfg.model), _convert_="all")
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if cfg.selection.get("monitor") is None:  # nothing to select on: the last checkpoint is the selected one
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is None
@@ -142,7 +143,7 @@ def _run_one(cfg: DictConfig) -> list[dict]:
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if hasattr(model, "prepare"):  # stages a method needs before fitting (cached), e.g. a toy's pre-training
         datamodule.prepare_data()  # idempotent; every process may run it (writes are atomic)
-        model.prepare(datamodule)
+        model.prepare(datamodule, trainer)  # a stage trains on the run's device type and precision
     ckpt = cfg.get("ckpt_path")
     if cfg.get("train", True):
         final = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

@@ -110,12 +110,12 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         if None not in (embed_dim, num_classes, num_sources):
             self._build(embed_dim, num_classes, num_sources)
 
-    def prepare(self, datamodule) -> None:
+    def prepare(self, datamodule, run: L.Trainer | None = None) -> None:
         """Toys only: contrastive pre-training of the tiny CLIP (``clip_pretrain``), cached by its settings."""
         if self.hparams.clip_pretrain:
             from .pretrain import pretrain_clip
 
-            datamodule.encoder.load_weights(pretrain_clip(datamodule.encoder, dict(self.hparams.clip_pretrain)))
+            datamodule.encoder.load_weights(pretrain_clip(datamodule.encoder, dict(self.hparams.clip_pretrain), run))
 
     # -- structure
     @property

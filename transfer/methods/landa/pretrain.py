@@ -15,13 +15,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 
 from datamodules.domains import ImageDataset, build_transforms, scan_image_folder
 from datamodules.synthetic import cache_key
 from datamodules.synthetic.domains import generate_domains
-from transfer.stages import cached_stage
+from transfer.stages import cached_stage, stage_file, stage_trainer
 
 TEMPLATES = {
     "both": ("{style} of a {shape}", "a {shape}, {style}", "{style} showing a {shape}"),
@@ -34,13 +35,71 @@ def pretrain_key(spec: dict[str, Any], model_name: str) -> str:
     return cache_key({"model": model_name, **{k: v for k, v in spec.items() if k != "cache_dir"}})
 
 
-def pretrain_clip(encoder, spec: dict[str, Any]) -> Path:
-    """Train ``encoder.model`` (an open_clip model) once per settings; returns the cached safetensors file."""
-    path = Path(spec["cache_dir"]) / f"clip-{encoder.name}-{pretrain_key(spec, encoder.name)}.safetensors"
-    return cached_stage(path, lambda: _train_clip(encoder, spec))
+def pretrain_clip(encoder, spec: dict[str, Any], run=None) -> Path:
+    """Train ``encoder.model`` (an open_clip model) once per settings, the way the ``run`` Trainer trains (device,
+    precision); returns the cached safetensors file."""
+    path = stage_file(spec["cache_dir"], f"clip-{encoder.name}", {"model": encoder.name, **spec},
+                      code=(__name__, "transfer.models.clip"), run=run)
+    return cached_stage(path, lambda: _train_clip(encoder, spec, run))
 
 
-def _train_clip(encoder, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _draw_batches(spec: dict[str, Any], pair: torch.Tensor, styles: dict[str, str], classes: list[str]) -> list[dict]:
+    """Every step's images and captions, drawn up front (torch's global stream for images, ``random.Random(seed)``
+    for captions) so that the training loop itself draws nothing."""
+    steps = spec["epochs"] * max(1, len(pair) // spec["batch_size"])
+    rng = random.Random(spec["seed"])
+    names = [(list(styles.values())[i // len(classes)], classes[i % len(classes)]) for i in range(len(styles) * len(classes))]
+    mix = dict(spec.get("caption_mix") or {"both": 1.0})
+    if set(mix) - set(TEMPLATES) or not sum(mix.values()) > 0:
+        raise ValueError(f"caption_mix takes weights for {sorted(TEMPLATES)}, got {mix}")
+    kinds, weights = list(mix), [float(w) for w in mix.values()]
+    # how often each style appears in the corpus (e.g. a target style that is rare on the web)
+    freq = spec.get("style_frequency") or {}
+    sample_weight = torch.tensor([float(freq.get(list(styles)[k // len(classes)], 1.0)) for k in pair.tolist()])
+    batches = []
+    for _ in range(steps):
+        idx = torch.multinomial(sample_weight, spec["batch_size"], replacement=True)
+        keys = pair[idx].tolist()
+        kind = rng.choices(kinds, weights, k=len(keys))
+        batches.append({
+            "index": idx,
+            "captions": [rng.choice(TEMPLATES[c]).format(style=names[k][0], shape=names[k][1]) for k, c in zip(keys, kind)],
+            "style": torch.tensor([k // len(classes) for k in keys]),
+            "cls": torch.tensor([k % len(classes) for k in keys]),
+            "says_style": torch.tensor([c != "class" for c in kind]),
+            "says_class": torch.tensor([c != "style" for c in kind]),
+        })
+    return batches
+
+
+class _ContrastiveStage(L.LightningModule):
+    """CLIP's symmetric contrastive loss where a caption is a positive for every image it describes correctly."""
+
+    def __init__(self, model, tokenizer, images: torch.Tensor, lr: float, steps: int):
+        super().__init__()
+        self.model, self.tokenizer, self.lr, self.steps = model, tokenizer, lr, steps
+        self.register_buffer("images", images, persistent=False)
+
+    def training_step(self, batch, batch_idx):
+        img = F.normalize(self.model.encode_image(self.images[batch["index"]]), dim=-1)
+        txt = F.normalize(self.model.encode_text(self.tokenizer(batch["captions"]).to(self.device)), dim=-1)
+        logits = self.model.logit_scale.exp() * img @ txt.T
+        says_style, says_class, style, cls = batch["says_style"], batch["says_class"], batch["style"], batch["cls"]
+        # image i matches caption j when every attribute the caption names is the image's
+        match = ((~says_style[None, :]) | (style[:, None] == style[None, :])) & \
+                ((~says_class[None, :]) | (cls[:, None] == cls[None, :]))
+        match = match.float()
+        to_text = match / match.sum(1, keepdim=True)
+        to_image = match.T / match.T.sum(1, keepdim=True)
+        return 0.5 * ((-to_text * logits.log_softmax(1)).sum(1).mean() + (-to_image * logits.T.log_softmax(1)).sum(1).mean())
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps, pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _train_clip(encoder, spec: dict[str, Any], run=None) -> dict[str, torch.Tensor]:
     styles: dict[str, str] = spec["styles"]  # folder name -> words used in captions ("infrared" -> "an infrared photo")
     classes = list(spec["classes"])
     root = generate_domains(Path(spec["cache_dir"]) / f"clip-pretrain-images-{pretrain_key(spec, 'data')}",
@@ -52,46 +111,14 @@ def _train_clip(encoder, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
         samples += [(p, di * len(classes) + y) for p, y in scan_image_folder(root / style, classes)]
     images = ImageDataset(samples, 0, tf)
     torch.manual_seed(spec["seed"])
-    rng = random.Random(spec["seed"])
     x = torch.stack([images[i][0] for i in range(len(images))])
-    pair = torch.tensor([y for _, y in samples])
+    batches = _draw_batches(spec, torch.tensor([y for _, y in samples]), styles, classes)
     model = encoder.model
     model.requires_grad_(True)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.1)
-    steps = spec["epochs"] * max(1, len(x) // spec["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec["lr"], total_steps=steps, pct_start=0.1)
-    names = [(list(styles.values())[i // len(classes)], classes[i % len(classes)]) for i in range(len(styles) * len(classes))]
-    mix = dict(spec.get("caption_mix") or {"both": 1.0})
-    if set(mix) - set(TEMPLATES) or not sum(mix.values()) > 0:
-        raise ValueError(f"caption_mix takes weights for {sorted(TEMPLATES)}, got {mix}")
-    kinds, weights = list(mix), [float(w) for w in mix.values()]
-    # how often each style appears in the corpus (e.g. a target style that is rare on the web)
-    freq = spec.get("style_frequency") or {}
-    sample_weight = torch.tensor([float(freq.get(list(styles)[k // len(classes)], 1.0)) for k in pair.tolist()])
-    for _ in range(steps):
-        idx = torch.multinomial(sample_weight, spec["batch_size"], replacement=True)
-        keys = pair[idx].tolist()
-        kind = rng.choices(kinds, weights, k=len(keys))
-        captions = [rng.choice(TEMPLATES[c]).format(style=names[k][0], shape=names[k][1]) for k, c in zip(keys, kind)]
-        img = F.normalize(model.encode_image(x[idx]), dim=-1)
-        txt = F.normalize(model.encode_text(encoder.tokenizer(captions)), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        style_id = torch.tensor([k // len(classes) for k in keys])
-        class_id = torch.tensor([k % len(classes) for k in keys])
-        says_style = torch.tensor([c != "class" for c in kind])
-        says_class = torch.tensor([c != "style" for c in kind])
-        # image i matches caption j when every attribute the caption names is the image's
-        match = ((~says_style[None, :]) | (style_id[:, None] == style_id[None, :])) & \
-                ((~says_class[None, :]) | (class_id[:, None] == class_id[None, :]))
-        match = match.float()
-        to_text = match / match.sum(1, keepdim=True)
-        to_image = match.T / match.T.sum(1, keepdim=True)
-        loss = 0.5 * ((-to_text * logits.log_softmax(1)).sum(1).mean() + (-to_image * logits.T.log_softmax(1)).sum(1).mean())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    model.train()  # Lightning keeps each module's mode; the encoder arrives in eval mode
+    stage = _ContrastiveStage(model, encoder.tokenizer, x, spec["lr"], len(batches))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    stage_trainer(run, max_epochs=1, max_steps=len(batches), num_sanity_val_steps=0).fit(stage, loader)
     model.requires_grad_(False)
-    model.eval()
+    model.cpu().eval()  # back where the encoder keeps it, whatever device the stage trained on
     return model.state_dict()

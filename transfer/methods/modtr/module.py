@@ -11,11 +11,8 @@ detector on raw IR, when the detector is frozen) and ``rgb`` (the detector on RG
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,7 +21,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
 from transfer.optim import configured, make_optimizer, make_scheduler
-from transfer.stages import cached_stage, stage_trainer
+from transfer.stages import cached_stage, stage_file, stage_trainer
 from transfer.models.detectors import (CHECKPOINTING, TorchvisionDetector, checkpoint_detector, create_detector,
                                        load_detector_weights, recompute_blocks, recompute_in_backward)
 
@@ -99,27 +96,26 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         return self.hparams.train_detector == "none" and self.hparams.translator.get("name") != "identity"
 
     # -- stages before fitting
-    def prepare(self, datamodule: L.LightningDataModule) -> None:
+    def prepare(self, datamodule: L.LightningDataModule, run: L.Trainer | None = None) -> None:
         """Toy only: pre-train the detector on RGB once (``pretrain``), cached by its settings."""
         spec = self.hparams.pretrain
         if not spec:
             return
-        cache = Path(spec["cache_dir"])
-        key_src = json.dumps({"detector": self.hparams.detector, "pretrain": {k: v for k, v in spec.items() if k != "cache_dir"},
-                              "data": str(getattr(datamodule, "root", ""))}, sort_keys=True)
-        path = cache / f"{self.hparams.detector['name']}-rgb-{hashlib.sha1(key_src.encode()).hexdigest()[:12]}.safetensors"
-        cached_stage(path, lambda: self._pretrain_detector(datamodule, spec))
+        settings = {"detector": self.hparams.detector, "pretrain": spec, "data": str(getattr(datamodule, "root", ""))}
+        path = stage_file(spec["cache_dir"], f"{self.hparams.detector['name']}-rgb", settings,
+                          code=(__name__, "transfer.models.detectors"), run=run)
+        cached_stage(path, lambda: self._pretrain_detector(datamodule, spec, run))
         from safetensors.torch import load_file
 
         load_detector_weights(self.detector.detector, load_file(str(path)), str(path))
         self.detector_hash = self.detector.weights_hash()
 
-    def _pretrain_detector(self, datamodule, spec: dict) -> dict[str, torch.Tensor]:
+    def _pretrain_detector(self, datamodule, spec: dict, run: L.Trainer | None) -> dict[str, torch.Tensor]:
         L.seed_everything(spec.get("seed", 0), verbose=False)
         stage = ModTrModule(detector=self.hparams.detector, translator={"name": "identity"}, train_detector="full",
                             input_modality="rgb", lr=spec["lr"], weight_decay=spec.get("weight_decay", 1e-4),
                             warmup=spec.get("warmup", 0.1))
-        trainer = stage_trainer(max_steps=spec["steps"], gradient_clip_val=spec.get("clip", 10.0), limit_val_batches=0,
+        trainer = stage_trainer(run, max_steps=spec["steps"], gradient_clip_val=spec.get("clip", 10.0), limit_val_batches=0,
                                 num_sanity_val_steps=0)
         datamodule.setup("fit")
         trainer.fit(stage, train_dataloaders=datamodule.train_dataloader())

@@ -8,7 +8,6 @@ unweighted mean EER over every test set but ``in_domain``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -27,7 +26,7 @@ from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_
 from transfer.models.wav2vec2 import SpoofClassifier
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.records import atomic_write_text
-from transfer.stages import cached_stage, stage_trainer
+from transfer.stages import cached_stage, stage_file, stage_trainer
 from transfer.weights import load_state_dict
 
 MODES = ("full", "head", "lora", "moe")
@@ -62,17 +61,16 @@ class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
         self._usage: dict[int, torch.Tensor] = {}
 
     # -- the toy's self-supervised pretext stage (cached): degradation classification on bona fide clips
-    def prepare(self, datamodule) -> None:
+    def prepare(self, datamodule, run: L.Trainer | None = None) -> None:
         spec = self.hparams.pretext
         if not spec:
             return
-        key = json.dumps({"backbone": self.hparams.backbone, "spec": {k: v for k, v in spec.items() if k != "cache_dir"}},
-                         sort_keys=True)
-        path = Path(spec["cache_dir"]) / f"wav2vec2-pretext-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
-        cached_stage(path, lambda: self._pretext(spec, datamodule.sample_rate, datamodule.length))
+        path = stage_file(spec["cache_dir"], "wav2vec2-pretext", {"backbone": self.hparams.backbone, "spec": spec},
+                          code=(__name__, "transfer.models.wav2vec2", "datamodules.synthetic.spoof"), run=run)
+        cached_stage(path, lambda: self._pretext(spec, datamodule.sample_rate, datamodule.length, run))
         load_base_weights(self.net.backbone, load_state_dict(path), str(path))
 
-    def _pretext(self, spec: dict, sr: int, length: int) -> dict[str, torch.Tensor]:
+    def _pretext(self, spec: dict, sr: int, length: int, run: L.Trainer | None) -> dict[str, torch.Tensor]:
         from datamodules.synthetic.spoof import PRETEXT, pretext_set
 
         L.seed_everything(spec.get("seed", 0), verbose=False)
@@ -82,7 +80,7 @@ class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
         data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
                                            batch_size=spec.get("batch_size", 32), shuffle=True)
         stage = _Pretext(model, spec.get("lr", 1e-3))
-        stage_trainer(max_steps=spec["steps"], max_epochs=-1).fit(stage, data)
+        stage_trainer(run, max_steps=spec["steps"], max_epochs=-1).fit(stage, data)
         return model.backbone.state_dict()
 
     # -- training

@@ -9,8 +9,6 @@ Testing writes ``per_case.csv`` (one row per case, duplicates from distributed p
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, s
 from transfer.models.unets import create_segmentation_net, forward_any_size
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.records import atomic_write_text
-from transfer.stages import cached_stage, stage_trainer
+from transfer.stages import cached_stage, stage_file, stage_trainer
 from transfer.weights import load_state_dict
 
 ADAPTER_KINDS = tuple(k for k in PAPER_NAMES if k not in ("lora", "dora"))
@@ -112,25 +110,24 @@ class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # -- the toy's pre-training stage
-    def prepare(self, datamodule) -> None:
+    def prepare(self, datamodule, run: L.Trainer | None = None) -> None:
         spec = self.hparams.pretrain
         if not spec:
             return
         datalist = getattr(datamodule, "source_datalist", None) if spec.get("datalist", "source") == "source" else spec["datalist"]
-        key = json.dumps({"net": self.hparams.net, "spec": {k: v for k, v in spec.items() if k != "cache_dir"},
-                          "data": str(datalist)}, sort_keys=True)
-        path = Path(spec["cache_dir"]) / f"seg-pretrained-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
-        cached_stage(path, lambda: self._pretrain(datamodule, datalist, spec))
+        path = stage_file(spec["cache_dir"], "seg-pretrained", {"net": self.hparams.net, "spec": spec, "data": str(datalist)},
+                          code=(__name__, "transfer.models.unets"), run=run)
+        cached_stage(path, lambda: self._pretrain(datamodule, datalist, spec, run))
         load_base_weights(self.net, load_state_dict(path), str(path))
 
-    def _pretrain(self, datamodule, datalist, spec: dict) -> dict[str, torch.Tensor]:
+    def _pretrain(self, datamodule, datalist, spec: dict, run: L.Trainer | None) -> dict[str, torch.Tensor]:
         from datamodules.volumes import VolumeDataModule
 
         L.seed_everything(spec.get("seed", 0), verbose=False)
         stage = SegmentationModule(net=self.hparams.net, strategy="full", loss=self.hparams.loss, lr=spec.get("lr", 1e-3))
         data = VolumeDataModule(str(datalist), folds_file="", train_on="all", batch_size=spec.get("batch_size", 4),
                                 window=datamodule.window, roi=datamodule.roi, flip=datamodule.flip)
-        trainer = stage_trainer(max_steps=spec["steps"], max_epochs=-1)
+        trainer = stage_trainer(run, max_steps=spec["steps"], max_epochs=-1)
         trainer.fit(stage, datamodule=data)
         return stage.net.state_dict()
 

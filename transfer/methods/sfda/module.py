@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.synthetic import cache_key
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.distributed import gather
 from transfer.optim import configured, make_optimizer, make_scheduler, optimizer_class
-from transfer.stages import build_file_once, stage_trainer
+from transfer.stages import build_file_once, stage_file, stage_trainer
 
 from .losses import aad_loss, information_maximization, nrc_loss, shot_pseudo_labels, snd
 from .network import SHOTNet
@@ -85,15 +84,15 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
             self.net = SHOTNet(backbone, num_classes, bottleneck)
 
     # -- the source model
-    def prepare(self, datamodule) -> None:
+    def prepare(self, datamodule, run: L.Trainer | None = None) -> None:
         """Toys only: train the source model once on the source domains (``source_stage``), cached by its
         settings. The adaptation data module never sees those domains."""
         stage = self.hparams.source_stage
         if not stage or (self.hparams.source_model and Path(self.hparams.source_model).is_file()):
             return
-        key = cache_key({k: v for k, v in stage.items() if k != "cache_dir"})
-        path = Path(stage["cache_dir"]) / f"sfda-source-{key}.safetensors"
-        build_file_once(path, lambda p: train_source_stage(stage, p, self.hparams.backbone, self.hparams.bottleneck))
+        path = stage_file(stage["cache_dir"], "sfda-source", stage,
+                          code=(__name__, "transfer.methods.sfda.source", "transfer.methods.sfda.network"), run=run)
+        build_file_once(path, lambda p: train_source_stage(stage, p, self.hparams.backbone, self.hparams.bottleneck, run))
         self.hparams.source_model = str(path)
 
     def setup(self, stage: str) -> None:
@@ -274,7 +273,7 @@ class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
         self._test_probs = []
 
 
-def train_source_stage(stage: dict[str, Any], path: Path, backbone: str, bottleneck: int) -> None:
+def train_source_stage(stage: dict[str, Any], path: Path, backbone: str, bottleneck: int, run: L.Trainer | None = None) -> None:
     """Train a SHOT source model on ``stage['data']`` (a domain data module config) and export it to ``path``."""
     from hydra.utils import instantiate
 
@@ -284,6 +283,6 @@ def train_source_stage(stage: dict[str, Any], path: Path, backbone: str, bottlen
     dm = instantiate(stage["data"], _convert_="all")
     tmp = path.with_name(path.name + ".partial")  # exported at each best source-val accuracy, renamed when done
     module = SHOTSourceModule(backbone=backbone, bottleneck=bottleneck, export_path=str(tmp), **stage.get("model", {}))
-    trainer = stage_trainer(max_epochs=stage["max_epochs"], num_sanity_val_steps=0)
+    trainer = stage_trainer(run, max_epochs=stage["max_epochs"], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     tmp.replace(path)
