@@ -172,6 +172,23 @@ def test_module_entry_works_from_another_directory(tmp_path):
     assert "backbone: test_resnet" in out.stdout and str(repo_root()) not in str(tmp_path)
 
 
+def test_variant_overrides_read_like_the_command_line():
+    from omegaconf import OmegaConf
+
+    from transfer.runner import apply_overrides
+
+    cfg = OmegaConf.create({"model": {"lr": 1.0, "moe": {"rank": 2}, "extra": 3}})
+    OmegaConf.set_struct(cfg, True)
+    out = apply_overrides(cfg, ["model.lr=0.5", "+model.moe.alpha=8", "~model.extra", "+model.opt={name: SGD}"])
+    assert OmegaConf.to_container(out) == {"model": {"lr": 0.5, "moe": {"rank": 2, "alpha": 8}, "opt": {"name": "SGD"}}}
+    with pytest.raises(Exception, match="alpha"):  # a key the config lacks needs '+': a typo is not a new key
+        apply_overrides(cfg, ["model.moe.alpha=8"])
+    with pytest.raises(KeyError, match="exists already"):
+        apply_overrides(cfg, ["+model.lr=2"])
+    with pytest.raises(KeyError, match="no 'model.nope' to remove"):
+        apply_overrides(cfg, ["~model.nope"])
+
+
 def test_rows_of_untrained_variants_claim_no_selection(make_cfg, tmp_path):
     rows = run(make_cfg("experiment=source_only_toy", *TINY, "+variants.as_is=['train=false']", "+variants.trained=[]",
                         run_dir=tmp_path / "run"))

@@ -39,6 +39,32 @@ def variant_overrides(cfg: DictConfig) -> dict[str, list[str]]:
     return {f"{s}/{v}": s_over + v_over for s, s_over in scenarios.items() for v, v_over in (variants or {"": []}).items()}
 
 
+_ABSENT = object()
+
+
+def apply_overrides(cfg: DictConfig, dotlist: list[str]) -> DictConfig:
+    """A variant's overrides, read like the command line's: ``key=value`` changes a key the config has (a typo is
+    an error), ``+key=value`` adds one, ``~key`` removes one. ``cfg`` itself is left as it was."""
+    cfg = cfg.copy()
+    for item in dotlist:
+        if item.startswith("~"):
+            key = item[1:].split("=", 1)[0]
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is None or leaf not in node:
+                raise KeyError(f"variant override {item}: the config has no '{key}' to remove")
+            with open_dict(node):
+                del node[leaf]
+        elif item.startswith("+"):
+            key = item[1:].split("=", 1)[0]
+            if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+                raise KeyError(f"variant override {item}: '{key}' exists already; drop the '+' to change it")
+            OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([item[1:]]), key), force_add=True)
+        else:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    return cfg
+
+
 def run(cfg: DictConfig) -> list[dict]:
     """One run, or each variant in turn (baselines beside a method; ``scenarios`` x ``variants``), each over
     the ``sweep`` values (e.g. shot seeds); then a comparison, mean +- std over the sweep."""
@@ -53,7 +79,7 @@ def run(cfg: DictConfig) -> list[dict]:
         with open_dict(sub):
             sub.variants, sub.scenarios, sub.variant = None, None, name
             sub.paths.output_dir, sub.paths.results_file = str(out / name), results_file
-        sub = OmegaConf.merge(sub, OmegaConf.from_dotlist(dotlist))
+        sub = apply_overrides(sub, dotlist)
         log.info("variant %s: %s", name, " ".join(dotlist) or "(the experiment as is)")
         rows += run_sweep(sub)
     return write_tables(rows, out, [out], cfg.get("select"), cfg.selection.protocol, cfg.get("report_metrics"))
