@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -93,19 +93,28 @@ def render(shape: str, style: str, size: int, rng: np.random.Generator) -> Image
 
 
 def generate_domains(root: str | Path, domains: Sequence[str] = STYLES, classes: Sequence[str] = SHAPES,
-                     per_class: int = 40, size: int = 32, seed: int = 0) -> Path:
-    """Write ``root/<domain>/<class>/<i>.png``; written to a temporary folder then renamed into place."""
+                     per_class: int = 40, size: int = 32, seed: int = 0,
+                     per_domain: Mapping[str, int] | None = None) -> Path:
+    """Write ``root/<domain>/<class>/<i>.png``; written to a temporary folder then renamed into place.
+    ``per_domain`` sets other image counts per class for some domains; a domain's first images do not depend on
+    its count."""
     root = Path(root)
     if (root / "meta.json").exists():
         return root
+    per_domain = dict(per_domain or {})
+    if set(per_domain) - set(domains):
+        raise ValueError(f"per_domain names domains that are not generated: {sorted(set(per_domain) - set(domains))} "
+                         f"(domains: {list(domains)})")
     meta = dict(domains=list(domains), classes=list(classes), per_class=per_class, size=size, seed=seed)
+    if per_domain:
+        meta["per_domain"] = per_domain
     with build_once(root, meta) as tmp:
         for di, domain in enumerate(domains):
             for ci, cls in enumerate(classes):
                 folder = tmp / domain / cls
                 folder.mkdir(parents=True)
                 rng = np.random.default_rng([seed, di, ci])
-                for i in range(per_class):
+                for i in range(per_domain.get(domain, per_class)):
                     render(cls, domain, size, rng).save(folder / f"{i:04d}.png")
     return root
 
@@ -114,8 +123,12 @@ class SyntheticDomainDataModule(DomainDataModule):
     """The real :class:`DomainDataModule` over a generated tree, cached under ``cache_dir`` by its settings."""
 
     def __init__(self, cache_dir: str, domains: Sequence[str] = STYLES, classes: Sequence[str] = SHAPES,
-                 per_class: int = 40, size: int = 32, seed: int = 0, **kwargs):
+                 per_class: int = 40, size: int = 32, seed: int = 0, target_per_class: int | None = None, **kwargs):
+        """``target_per_class``: images per class of the target domains (default ``per_class``); a larger target
+        set measures target accuracy with less sampling noise and leaves the sources as they are."""
         self.gen_kwargs = dict(domains=list(domains), classes=list(classes), per_class=per_class, size=size, seed=seed)
+        if target_per_class is not None:
+            self.gen_kwargs["per_domain"] = {t: int(target_per_class) for t in kwargs.get("targets") or ()}
         kwargs.setdefault("image_size", size)
         super().__init__(root=str(Path(cache_dir) / f"synthetic_domains-{cache_key(self.gen_kwargs)}"), dataset="custom",
                          classes=classes, **kwargs)

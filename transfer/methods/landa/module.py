@@ -5,6 +5,7 @@ reconstructions as switches). ``method``:
 
 - ``zero_shot``: cos(z, text of the target prompt) / 0.01, no training (run with ``train=false``).
 - ``lp``: a linear probe on the pooled source embeddings. ``lp_zs``: its softmax averaged with zero-shot.
+  ``zs_weight`` mixes the zero-shot softmax into ``lads``/``landa`` predictions the same way (0 = heads only).
 - ``lads``: per-source augmenters (stage 1: L_dir + L_cc), then a linear probe on original + augmented.
 - ``landa``: stage 1 (+ optional OT consistency between the augmented sets, ``lambda_dc``), stage 2 a shared
   projector P (identity init) and one head per extended domain, with OT between the extended domains
@@ -16,7 +17,7 @@ No target image is used: the target exists only as ``target_prompt``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import lightning as L
 import logging
@@ -38,6 +39,12 @@ log = logging.getLogger("transfer")
 
 class MissingDescriptionError(ValueError):
     pass
+
+
+def templates(prompt: str | Sequence[str]) -> list[str]:
+    """A description is one template ("a sketch of a {}") or several, whose text embeddings are averaged per class
+    (CLIP's prompt ensembling)."""
+    return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 class Augmenter(nn.Module):
@@ -63,9 +70,9 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
     def __init__(
         self,
         method: str = "landa",
-        target_prompt: str | None = None,
-        source_prompts: Mapping[str, str] | None = None,
-        class_prompt: str = "a photo of a {}",
+        target_prompt: str | Sequence[str] | None = None,
+        source_prompts: Mapping[str, str | Sequence[str]] | None = None,
+        class_prompt: str | Sequence[str] = "a photo of a {}",
         embed_dim: int | None = None,
         num_classes: int | None = None,
         num_sources: int | None = None,
@@ -91,6 +98,7 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         ot_samples: int = 256,
         tau_w: float = 0.1,
         zs_temperature: float = 0.01,
+        zs_weight: float | None = None,
         class_weighted: bool = True,
         clip_pretrain: dict | None = None,
         optimizer: dict | None = None,
@@ -99,12 +107,17 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
-        if not target_prompt or "{}" not in target_prompt:
+        if not target_prompt or not all("{}" in t for t in templates(target_prompt)):
             raise MissingDescriptionError(
                 "LanDA needs model.target_prompt, a text description of the target domain with {} for the class "
                 f"name (e.g. 'a sketch of a {{}}'); got {target_prompt!r}")
         if heads not in ("per_domain", "shared"):
             raise ValueError(f"heads must be per_domain or shared, got '{heads}'")
+        if zs_weight is not None and not 0.0 <= zs_weight <= 1.0:
+            raise ValueError(f"zs_weight is the zero-shot share of the prediction, in [0, 1]; got {zs_weight}")
+        if method in ("zero_shot", "lp") and zs_weight:
+            raise ValueError(f"method={method} with zs_weight={zs_weight}: use method=lp_zs for the LP + zero-shot "
+                             "ensemble (zero_shot is zero-shot already)")
         self.save_hyperparameters()
         self.built = False
         if None not in (embed_dim, num_classes, num_sources):
@@ -166,15 +179,15 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
                                           f"(has: {sorted(prompts)})")
         if stage == "fit" and self.hparams.method == "landa":
             self._check_landa_can_run(len(dm.sources))
-        text_target = encoder.class_text([self.hparams.target_prompt], dm.classes)
+        text_target = encoder.class_text(templates(self.hparams.target_prompt), dm.classes)
         if not self.built:
             self._build(text_target.shape[1], dm.num_classes, len(dm.sources))
         elif (self.hparams.num_classes, self.hparams.num_sources) != (dm.num_classes, len(dm.sources)):
             raise ValueError(f"model was built for {self.hparams.num_classes} classes / {self.hparams.num_sources} "
                              f"sources, the data has {dm.num_classes} / {len(dm.sources)}")
         self.text_target = text_target.to(self.device)
-        self.text_class = encoder.class_text([self.hparams.class_prompt], dm.classes).to(self.device)
-        self.text_sources = torch.stack([encoder.class_text([prompts[s]], dm.classes) for s in dm.sources]).to(self.device)
+        self.text_class = encoder.class_text(templates(self.hparams.class_prompt), dm.classes).to(self.device)
+        self.text_sources = torch.stack([encoder.class_text(templates(prompts[s]), dm.classes) for s in dm.sources]).to(self.device)
         e_t = F.normalize(self.text_target.mean(0), dim=-1)
         e_k = F.normalize(self.text_sources.mean(1), dim=-1)
         self.domain_weights = ((e_k @ e_t) / self.hparams.tau_w).softmax(0)
@@ -189,6 +202,13 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         self.test_names = list(dm.test_names)
 
     # -- prediction
+    @property
+    def zs_share(self) -> float:
+        """Share of the zero-shot softmax in the prediction: 0.5 for lp_zs, ``zs_weight`` (default 0) otherwise."""
+        if self.hparams.method == "lp_zs":
+            return 0.5 if self.hparams.zs_weight is None else float(self.hparams.zs_weight)
+        return float(self.hparams.zs_weight or 0.0)
+
     def zero_shot_logits(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.text_target.T / self.hparams.zs_temperature
 
@@ -207,9 +227,8 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
             p = (self.domain_weights[:, None, None] * probs).sum(0)
         else:
             p = probs[0]
-        if m == "lp_zs":
-            p = 0.5 * (p + self.zero_shot_logits(z).softmax(-1))
-        return p
+        w = self.zs_share
+        return (1 - w) * p + w * self.zero_shot_logits(z).softmax(-1) if w else p
 
     # -- training
     @property
@@ -316,12 +335,13 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
 
     def _source_probs(self, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Source-domain predictions: zero-shot with each sample's source description; the probe heads averaged
-        (no target weighting), with that zero-shot for lp_zs."""
+        (no target weighting), mixed with that zero-shot like the target prediction."""
         zs = ((z[:, None, :] * self.text_sources[d]).sum(-1) / self.hparams.zs_temperature).softmax(-1)
         if self.hparams.method == "zero_shot":
             return zs
         p = self.head_logits(z).softmax(-1).mean(0)
-        return 0.5 * (p + zs) if self.hparams.method == "lp_zs" else p
+        w = self.zs_share
+        return (1 - w) * p + w * zs if w else p
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         z, y, d = batch
