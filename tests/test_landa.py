@@ -135,6 +135,8 @@ def test_larger_target_set_keeps_the_sources_and_the_first_target_images(tmp_pat
             assert len(files) == n
             for name in files[:3]:  # the first images are those of the smaller set, byte for byte
                 assert (more / domain / cls / name).read_bytes() == (plain / domain / cls / name).read_bytes()
+    with pytest.raises(ValueError, match="no target domain"):
+        SyntheticDomainDataModule(str(tmp_path), per_class=3, sources=["photo"], target_per_class=7)
     with pytest.raises(ValueError, match="not generated"):
         from datamodules.synthetic.domains import generate_domains
         generate_domains(tmp_path / "x", domains=["photo"], per_domain={"sketch": 2})

@@ -128,7 +128,9 @@ class SyntheticDomainDataModule(DomainDataModule):
         set measures target accuracy with less sampling noise and leaves the sources as they are."""
         self.gen_kwargs = dict(domains=list(domains), classes=list(classes), per_class=per_class, size=size, seed=seed)
         if target_per_class is not None:
-            self.gen_kwargs["per_domain"] = {t: int(target_per_class) for t in kwargs.get("targets") or ()}
+            if not kwargs.get("targets"):
+                raise ValueError(f"target_per_class={target_per_class} but no target domain is given (targets=...)")
+            self.gen_kwargs["per_domain"] = {t: int(target_per_class) for t in kwargs["targets"]}
         kwargs.setdefault("image_size", size)
         super().__init__(root=str(Path(cache_dir) / f"synthetic_domains-{cache_key(self.gen_kwargs)}"), dataset="custom",
                          classes=classes, **kwargs)
