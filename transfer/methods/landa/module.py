@@ -209,6 +209,10 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
             return 0.5 if self.hparams.zs_weight is None else float(self.hparams.zs_weight)
         return float(self.hparams.zs_weight or 0.0)
 
+    def _mix_zero_shot(self, p: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
+        w = self.zs_share
+        return (1 - w) * p + w * zs if w else p
+
     def zero_shot_logits(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.text_target.T / self.hparams.zs_temperature
 
@@ -227,8 +231,7 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
             p = (self.domain_weights[:, None, None] * probs).sum(0)
         else:
             p = probs[0]
-        w = self.zs_share
-        return (1 - w) * p + w * self.zero_shot_logits(z).softmax(-1) if w else p
+        return self._mix_zero_shot(p, self.zero_shot_logits(z).softmax(-1)) if self.zs_share else p
 
     # -- training
     @property
@@ -340,8 +343,7 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
         if self.hparams.method == "zero_shot":
             return zs
         p = self.head_logits(z).softmax(-1).mean(0)
-        w = self.zs_share
-        return (1 - w) * p + w * zs if w else p
+        return self._mix_zero_shot(p, zs)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         z, y, d = batch
