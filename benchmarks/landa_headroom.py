@@ -89,7 +89,8 @@ def measure(cfg) -> list[float]:
         zs, ys = data.split(f"{s}/train").tensors[:2]
         text_s = enc.class_text(templates(cfg.model.source_prompts[s]), classes)
         per_class = torch.stack([za[ya == k].mean(0) - zs[ys == k].mean(0) for k in range(c)])
-        z.append(zs), y.append(ys)
+        z.append(zs)
+        y.append(ys)
         text_shift.append((text_t - text_s)[ys])
         domain_shift.append((za.mean(0) - zs.mean(0)).expand_as(zs))
         class_shift.append(per_class[ys])
