@@ -1,13 +1,14 @@
 """Weights registry/resolver, safe state-dict loading, pretrained backbones, atomic result records."""
 
 import json
+import subprocess
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from transfer.models import create_classifier
-from transfer.records import append_jsonl, read_jsonl
+from transfer.records import append_jsonl, git_commit, read_jsonl
 from transfer.weights import WeightsEntry, WeightsError, load_registry, load_state_dict, resolve, sha256sum
 
 
@@ -81,3 +82,26 @@ def test_jsonl_append_is_atomic(tmp_path):
     assert f.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".results.jsonl.lock", "results.jsonl"]  # no temp file
     assert json.loads(before.splitlines()[0]) == {"a": 1}
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+
+
+def test_git_commit_is_the_checkouts_not_an_enclosing_repositorys(tmp_path):
+    # a source checkout: <repo>/transfer is the package, <repo> the git top level
+    checkout = tmp_path / "checkout"
+    (checkout / "transfer").mkdir(parents=True)
+    (checkout / "setup.cfg").write_text("[metadata]\n")
+    _git("init", "-q", cwd=checkout)
+    _git("add", "setup.cfg", cwd=checkout)
+    _git("commit", "-qm", "x", cwd=checkout)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    assert git_commit(checkout / "transfer") == head
+    # an installed copy inside some other repository (site-packages of a pyenv clone) has no commit of ours
+    installed = checkout / "versions" / "lib" / "site-packages" / "transfer"
+    installed.mkdir(parents=True)
+    assert git_commit(installed) is None
+    assert git_commit(tmp_path / "elsewhere" / "transfer") is None

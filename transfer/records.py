@@ -60,16 +60,20 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to results.jsonl")
 
 
-def git_commit() -> str | None:
-    """The commit of the source checkout this package runs from, if any."""
-    repo = Path(__file__).resolve().parent.parent
+def git_commit(package_dir: Path | None = None) -> str | None:
+    """The commit of the source checkout this package runs from, if any. An installed copy (site-packages) has
+    none, even when an enclosing folder is some other git repository (e.g. a pyenv clone): the checkout's top
+    level must be the package's parent folder."""
+    repo = (package_dir or Path(__file__).resolve().parent).parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != repo.resolve():
+        return None
+    return lines[1]
 
 
 def rows_from_metrics(
