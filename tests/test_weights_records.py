@@ -1,6 +1,7 @@
 """Weights registry/resolver, safe state-dict loading, pretrained backbones, atomic result records."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -85,9 +86,10 @@ def test_jsonl_append_is_atomic(tmp_path):
 
 
 def _git(*args, cwd):
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+                   env={**os.environ, **identity, "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"})
 
 
 def test_git_commit_is_the_checkouts_not_an_enclosing_repositorys(tmp_path):
