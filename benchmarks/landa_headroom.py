@@ -53,7 +53,6 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def compose_point(point: int, cache_dir: str | None, run_dir: str):
-    experiments.register()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
         overrides = ["experiment=landa_toy"] + ([f"paths.cache_dir={cache_dir}"] if cache_dir else [])
@@ -64,11 +63,6 @@ def compose_point(point: int, cache_dir: str | None, run_dir: str):
         cfg.model.clip_pretrain.seed = int(cfg.sweep["model.clip_pretrain.seed"][point])
     HydraConfig.instance().set_config(cfg)
     return cfg
-
-
-@torch.no_grad()
-def shifted(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return F.normalize(z + shift, dim=-1)
 
 
 def measure(cfg) -> list[float]:
@@ -97,7 +91,7 @@ def measure(cfg) -> list[float]:
     z, y = torch.cat(z), torch.cat(y)
     row = [accuracy(zb @ text_t.T, yb), accuracy(probe(z, y, c)(zb), yb)]
     for shift in (text_shift, domain_shift, class_shift):
-        moved = shifted(z, torch.cat(shift))
+        moved = F.normalize(z + torch.cat(shift), dim=-1)
         row.append(accuracy(probe(torch.cat([z, moved]), torch.cat([y, y]), c)(zb), yb))
     row.append(accuracy(probe(za, ya, c)(zb), yb))
     return row
@@ -109,6 +103,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", help="the toy's cache (pre-trained CLIPs, embeddings); default: paths.cache_dir")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    experiments.register()
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
         for point in range(args.points):
