@@ -1,6 +1,6 @@
 """How much the LanDA toy leaves to gain over zero-shot, measured with the target labels (a diagnostic, not a method).
 
-    python benchmarks/landa_headroom.py [--points 8] [--cache-dir DIR]
+    python benchmarks/landa_headroom.py [--points N] [--cache-dir DIR]
 
 For each sweep point of ``experiments/landa_toy.yaml`` (its own tiny-CLIP pre-training seed; the pre-trained CLIP
 and the embeddings come from the toy's cache, or are built once), the target test embeddings are split in two
@@ -99,14 +99,16 @@ def measure(cfg) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--points", type=int, default=8, help="sweep points of landa_toy (pre-training seeds)")
+    parser.add_argument("--points", type=int, default=None,
+                        help="the first N sweep points of landa_toy (pre-training seeds); default: all")
     parser.add_argument("--cache-dir", help="the toy's cache (pre-trained CLIPs, embeddings); default: paths.cache_dir")
     args = parser.parse_args()
     torch.set_num_threads(1)
     experiments.register()
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
-        for point in range(args.points):
+        points = args.points or len(compose_point(0, args.cache_dir, run_dir).sweep["model.clip_pretrain.seed"])
+        for point in range(points):
             cfg = compose_point(point, args.cache_dir, run_dir)
             rows.append(measure(cfg))
             print(f"point {point} (clip seed {cfg.model.clip_pretrain.seed}): "

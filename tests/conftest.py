@@ -77,3 +77,29 @@ def run_toy(name: str, tmp_path: Path, *overrides: str, timeout: int = 1200) -> 
     cache at ``tmp_path/cache``."""
     return cli("transfer.train", f"experiment={name}", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, timeout=timeout, offline=True)
+
+
+def run_toy_shards(name: str, tmp_path: Path, *overrides: str, shards: int = 2, timeout: int = 1200) -> list[tuple]:
+    """A toy's sweep split over ``shards`` processes side by side (``sweep_shard=k/n``; one intra-op thread each,
+    so on 2 cores two shards take about the time of one), run dirs ``tmp_path/run_k``, one shared cache.
+    Returns each shard's (run dir, return code, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "offline"), os.environ.get("PYTHONPATH", "")])}
+    procs = []
+    for k in range(shards):
+        run_dir, log = tmp_path / f"run_{k}", open(tmp_path / f"shard_{k}.stderr", "w+")
+        cmd = [sys.executable, "-m", "transfer.train", f"experiment={name}", *overrides, f"sweep_shard={k}/{shards}",
+               f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"]
+        procs.append((run_dir, log, subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)))
+    out = []
+    try:
+        for run_dir, log, proc in procs:
+            proc.wait(timeout=timeout)
+            log.seek(0)
+            out.append((run_dir, proc.returncode, log.read()))
+    finally:
+        for _, log, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    return out

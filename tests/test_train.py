@@ -212,3 +212,29 @@ def test_sweep_keys_are_zipped_point_by_point(monkeypatch, tmp_path):
     cfg.sweep = {"seed": [0, 1], "model.pre.seed": [100]}
     with pytest.raises(ValueError, match="lists of one length"):
         runner.run_sweep(cfg)
+
+
+def test_sweep_shards_split_the_points_and_name_them_as_the_whole_sweep_does(monkeypatch, tmp_path):
+    """sweep_shard=k/n runs points k, k+n, ...; the shards together are the whole sweep, each point named as in it."""
+    from omegaconf import OmegaConf
+
+    import transfer.runner as runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run_folds", lambda cfg: seen.append((cfg.seed, cfg.sweep_point)) or [])
+    cfg = OmegaConf.create({"seed": 0, "sweep_point": None, "sweep_shard": None,
+                            "paths": {"output_dir": str(tmp_path), "results_file": str(tmp_path / "r.jsonl")},
+                            "sweep": {"seed": [10, 11, 12, 13, 14]}})
+    runner.run_sweep(cfg)
+    whole, seen[:] = list(seen), []
+    for k in range(2):
+        cfg.sweep_shard = f"{k}/2"
+        runner.run_sweep(cfg)
+    assert seen == whole[0::2] + whole[1::2] and sorted(seen) == sorted(whole)
+    for bad, message in [("2/2", "k must be in 0..n-1"), ("5/6", "only 5 points"), ("half", "expected 'k/n'")]:
+        cfg.sweep_shard = bad
+        with pytest.raises(ValueError, match=message):
+            runner.run_sweep(cfg)
+    cfg.sweep, cfg.sweep_shard = None, "0/2"
+    with pytest.raises(ValueError, match="has no sweep"):
+        runner.run_sweep(cfg)

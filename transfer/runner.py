@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -90,14 +91,21 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
     lists of one length are zipped, point i taking the i-th value of each (e.g. head seed and pre-training seed)."""
     sweep = cfg.get("sweep")
     if not sweep:
+        if cfg.get("sweep_shard") is not None:
+            raise ValueError(f"sweep_shard={cfg.sweep_shard} but this experiment has no sweep")
         return run_folds(cfg)
     keys = list(sweep)
     lengths = {k: len(sweep[k]) for k in keys}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"sweep keys are zipped point by point and need lists of one length, got {lengths}; "
                          f"cross values with variants or scenarios instead")
+    points = list(zip(*(sweep[k] for k in keys)))
+    if cfg.get("sweep_shard") is not None:
+        index, count = parse_shard(cfg.sweep_shard, len(points))
+        points = points[index::count]
+        log.info("sweep_shard %s: %d of %d sweep points", cfg.sweep_shard, len(points), lengths[keys[0]])
     out, rows = Path(cfg.paths.output_dir), []
-    for values in zip(*(sweep[k] for k in keys)):
+    for values in points:
         point = ",".join(f"{k}={v}" for k, v in zip(keys, values))
         sub = cfg.copy()
         with open_dict(sub):
@@ -107,6 +115,19 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
             OmegaConf.update(sub, k, v, force_add=True)
         rows += run_folds(sub)
     return rows
+
+
+def parse_shard(shard, num_points: int) -> tuple[int, int]:
+    """``"k/n"`` (0 <= k < n): points k, k + n, k + 2n, ... of the sweep, so n processes share one sweep."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if not match:
+        raise ValueError(f"sweep_shard={shard!r}: expected 'k/n', e.g. sweep_shard=0/2 and sweep_shard=1/2")
+    index, count = int(match[1]), int(match[2])
+    if not 0 <= index < count:
+        raise ValueError(f"sweep_shard={shard!r}: k must be in 0..n-1")
+    if index >= num_points:
+        raise ValueError(f"sweep_shard={shard!r}: the sweep has only {num_points} points, shard {index} gets none")
+    return index, count
 
 
 def run_folds(cfg: DictConfig) -> list[dict]:

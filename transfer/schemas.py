@@ -68,6 +68,7 @@ class RunSchema:
     override_sets: Any = None
     scenarios: Any = None
     sweep: Any = None
+    sweep_shard: Optional[str] = None
     sweep_point: Optional[str] = None
     select: Any = None
     report_metrics: Any = None
