@@ -65,11 +65,15 @@ def repo_root() -> Path:
 def cli(*args: str, cwd: Path, timeout: int = 600, offline: bool = False) -> subprocess.CompletedProcess:
     """``python -m <args>`` in a fresh process (one intra-op thread), output captured; ``offline``: any connection
     outside the loopback range fails (``tests/offline/sitecustomize.py``)."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=_child_env(offline))
+
+
+def _child_env(offline: bool) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if offline:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "offline"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return env
 
 
 def run_toy(name: str, tmp_path: Path, *overrides: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -83,8 +87,7 @@ def run_toy_shards(name: str, tmp_path: Path, *overrides: str, shards: int = 2, 
     """A toy's sweep split over ``shards`` processes side by side (``sweep_shard=k/n``; one intra-op thread each,
     so on 2 cores two shards take about the time of one), run dirs ``tmp_path/run_k``, one shared cache.
     Returns each shard's (run dir, return code, stderr)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "offline"), os.environ.get("PYTHONPATH", "")])}
+    env = _child_env(offline=True)
     procs = []
     for k in range(shards):
         run_dir, log = tmp_path / f"run_{k}", open(tmp_path / f"shard_{k}.stderr", "w+")
