@@ -9,13 +9,14 @@ set, the other folds are the training set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import lightning as L
 import nibabel as nib
@@ -153,11 +154,35 @@ def write_folds(path: str | Path, datalist: str | Path, folds: dict[str, int], k
     doc = {"k": k, "seed": seed, "stratify": stratify or "none", "datalist": str(datalist),
            "datalist_sha256": hashlib.sha256(Path(datalist).read_bytes()).hexdigest(),
            "patients": {c["patient_id"]: folds[c["case_id"]] for c in cases}, "folds": folds}
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _atomic(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` (ending in ``suffix``), renamed onto it when the block succeeds and removed
+    when it fails: a reader never sees half a file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with _atomic(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_nifti(image: nib.Nifti1Image, path: str | Path) -> None:
+    """``nibabel.save`` through a temporary file (same extension, so ``.nii.gz`` is compressed) and a rename."""
+    suffix = "".join(Path(path).suffixes[-2:]) if str(path).endswith(".nii.gz") else Path(path).suffix
+    with _atomic(path, suffix) as tmp:
+        nib.save(image, tmp)
 
 
 class LoadCased(T.MapTransform):

@@ -1,4 +1,5 @@
 """``python -m transfer.data check experiment=NAME [overrides]``: what an experiment would read, before any GPU hour.
+``python -m transfer.data import-dicom SRC OUT``: DICOM series as NIfTI volumes and a datalist (see :func:`import_main`).
 
 Runs only the experiment's data setup (no model, no weights; a CLIP-embedding module is checked through the image
 domains it wraps), prints the layout found, counts per split, the class names in label order, items dropped by
@@ -93,9 +94,61 @@ def _main(cfg: DictConfig) -> None:
     check(cfg)
 
 
+def import_main(argv: list[str]) -> int:
+    """Every volume series found under SRC (any depth) as ``OUT/images/<case>.nii.gz`` plus ``OUT/dataset.json``
+    (Decathlon form, ``patient_id`` from PatientID). Refused series are named with the reason and the rest imported;
+    the exit code is 1 when any series was refused."""
+    import argparse
+
+    from datamodules.dicom import MIN_SLICES, import_dicom
+    from datamodules.errors import DatasetError
+
+    ap = argparse.ArgumentParser(prog="python -m transfer.data import-dicom", description=import_main.__doc__)
+    ap.add_argument("src", type=Path, help="folder of DICOM files (any depth, any file names)")
+    ap.add_argument("out", type=Path, help="output folder: images/*.nii.gz and dataset.json")
+    ap.add_argument("--label", action="append", default=[], metavar="SERIES=FILE",
+                    help="pair a series (SeriesInstanceUID or case id) with a label NIfTI in its grid; repeatable")
+    ap.add_argument("--min-slices", type=int, default=MIN_SLICES, help=f"fewest slices a volume may have ({MIN_SLICES})")
+    ap.add_argument("--resample-tilt", action="store_true",
+                    help="resample gantry-tilted series onto an orthogonal grid instead of refusing them")
+    args = ap.parse_args(argv)
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            ap.error(f"--label {item!r}: expected SERIES=FILE")
+        if not Path(value).is_file():
+            ap.error(f"--label {item!r}: {value} does not exist")
+        labels[key] = value
+    try:
+        report = import_dicom(args.src, args.out, labels, args.min_slices, args.resample_tilt)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for entry in report.imported:
+        print(f"{entry['case_id']}: {entry['slices']} slices, patient {entry['patient_id']} -> {args.out / entry['image']}"
+              + (f" (label {entry['label']})" if "label" in entry else ""))
+    for reason, items in report.skipped.items():
+        print(f"skipped {len(items)}: {reason}" + (f" (e.g. {items[0]})" if items else ""))
+    for uid, why in report.refused.items():
+        print(f"REFUSED {why}", file=sys.stderr)
+    print(f"{len(report.imported)} series imported, {len(report.refused)} refused, "
+          f"{sum(len(v) for v in report.skipped.values())} skipped -> {args.out / 'dataset.json'}")
+    if not report.imported and not report.refused:
+        print(f"error: no DICOM image series under {args.src}", file=sys.stderr)
+        return 2
+    return 1 if report.refused else 0
+
+
+USAGE = ("usage: python -m transfer.data check experiment=NAME [overrides]\n"
+         "       python -m transfer.data import-dicom SRC OUT [--label SERIES=FILE] [--min-slices N] [--resample-tilt]")
+
+
 def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] == "import-dicom":
+        raise SystemExit(import_main(sys.argv[2:]))
     if len(sys.argv) < 2 or sys.argv[1] != "check":
-        raise SystemExit("usage: python -m transfer.data check experiment=NAME [overrides]")
+        raise SystemExit(USAGE)
     del sys.argv[1]
     _main()
 
