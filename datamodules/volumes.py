@@ -68,6 +68,9 @@ def check_pair(case: dict, atol: float = 1e-3) -> None:
     except Exception as e:  # nibabel raises several types for corrupt headers
         raise DatasetError(f"case {case['case_id']}: cannot read NIfTI header of {case['image']} or {case['label']} "
                            f"({type(e).__name__}: {e})") from e
+    if len(img.shape) != 3:
+        raise DatasetError(f"case {case['case_id']}: image {case['image']} has shape {img.shape}, not one 3-D "
+                           f"volume; the models take single-channel 3-D scans (split a 4-D file into its volumes)")
     if img.shape[:3] != lab.shape[:3]:
         raise DatasetError(f"case {case['case_id']}: image shape {img.shape} differs from label shape {lab.shape}")
     if not np.allclose(img.affine, lab.affine, atol=atol):
@@ -217,12 +220,18 @@ class CheckBinaryLabeld(T.MapTransform):
 
 
 def build_transforms(train: bool, window: tuple[float, float], spacing: Sequence[float] | None,
-                     roi: Sequence[int] | None, flip: float, elastic: float, spatial_dims: int = 3):
-    keys = ["image", "label"]
-    ts = [LoadCased(keys), T.EnsureChannelFirstd(keys), CheckBinaryLabeld("label"),
-          T.Orientationd(keys, axcodes="RAS")]
+                     roi: Sequence[int] | None, flip: float, elastic: float, spatial_dims: int = 3,
+                     labelled: bool = True):
+    """Load, channel first, RAS, optional resampling to ``spacing``, HU window to [0, 1] (+ training crops and
+    augmentation). ``labelled=False``: the image alone, as prediction reads new scans (invertible back to the
+    scan's own grid with ``Compose.inverse``)."""
+    keys = ["image", "label"] if labelled else ["image"]
+    ts = [LoadCased(keys), T.EnsureChannelFirstd(keys)]
+    if labelled:
+        ts.append(CheckBinaryLabeld("label"))
+    ts.append(T.Orientationd(keys, axcodes="RAS"))
     if spacing:
-        ts.append(T.Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest")))
+        ts.append(T.Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest")[:len(keys)]))
     ts.append(T.ScaleIntensityRanged("image", a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True))
     if train and roi:
         ts += [T.SpatialPadd(keys, spatial_size=roi),

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -34,17 +33,6 @@ def write_summary(datamodule, path: str | Path) -> dict[str, Any] | None:
     if summary is not None:
         atomic_write_text(path, json.dumps(summary, indent=1, default=str) + "\n")
     return summary
-
-
-class DataSummaryWriter(L.Callback):
-    """Writes ``data_summary.json`` once the datamodule is set up (rank 0)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero and trainer.datamodule is not None:
-            write_summary(trainer.datamodule, self.path)
 
 
 def data_only(cfg: DictConfig):

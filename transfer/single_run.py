@@ -19,12 +19,23 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer.checkpoints import AtomicCheckpointIO
-from transfer.data import DataSummaryWriter
+from transfer.data import write_summary
 from transfer.fetch import fetch_on_first_use
 from transfer.optim import plain_specs
 from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
 
 log = logging.getLogger("transfer")
+
+
+class DataSummaryWriter(L.Callback):
+    """Writes ``data_summary.json`` once the datamodule is set up (rank 0)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and trainer.datamodule is not None:
+            write_summary(trainer.datamodule, self.path)
 
 
 def _instantiate_group(node: DictConfig | None) -> list[Any]:

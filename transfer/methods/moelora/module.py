@@ -127,7 +127,9 @@ class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
         if rows:
             s = np.array([r[1][0] for r in rows])
             y = np.array([r[1][1] for r in rows])
-            self.log("val/eer", compute_eer(s[y == 1], s[y == 0])[0], prog_bar=True)
+            eer, threshold = compute_eer(s[y == 1], s[y == 0])
+            self.log("val/eer", eer, prog_bar=True)
+            self.log("val/eer_threshold", threshold)  # the dev-set operating point transfer.predict decides at
 
     def on_test_epoch_start(self) -> None:
         self._scores, self._usage = defaultdict(list), {}

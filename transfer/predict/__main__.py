@@ -1,0 +1,3 @@
+from transfer.predict import main
+
+raise SystemExit(main())

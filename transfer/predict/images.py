@@ -1,0 +1,41 @@
+"""Class labels for images from a classification run (source-only, SFDA): each image read as evaluation reads it
+(RGB, resized and centre-cropped, normalised like the run's data), the class names in the run's label order
+(from its ``data_summary.json``), the softmax probability of the chosen class."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from datamodules.domains import build_transforms
+from datamodules.errors import DatasetError
+from transfer.predict.inputs import Item
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+PREDICTION_COLUMNS = ["file", "class", "probability"]
+
+
+class ImagePredictor:
+    table, columns = "predictions.csv", PREDICTION_COLUMNS
+
+    def __init__(self, models: list, datamodule, classes: list[str]):
+        self.models, self.classes = models, classes
+        d = getattr(datamodule, "domains", datamodule)
+        self.size, self.mean, self.std = int(d.image_size), list(d.mean), list(d.std)
+        self.transform = build_transforms(self.size, self.mean, self.std, train=False)
+
+    def settings(self) -> dict:
+        return {"task": "classification", "classes": self.classes, "image_size": self.size}
+
+    def predict(self, item: Item) -> dict:
+        try:
+            with Image.open(item.path) as im:
+                x = self.transform(im.convert("RGB")).unsqueeze(0)
+        except Exception as e:
+            raise DatasetError(f"{item.path}: cannot read the image ({type(e).__name__}: {e})") from e
+        probs = torch.stack([m(x).softmax(-1)[0] for m in self.models]).mean(0)
+        if len(probs) != len(self.classes):
+            raise DatasetError(f"the run's model has {len(probs)} outputs but its data_summary.json names "
+                               f"{len(self.classes)} classes")
+        k = int(probs.argmax())
+        return {"file": str(item.path), "class": self.classes[k], "probability": f"{float(probs[k]):.6f}"}
