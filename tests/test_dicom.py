@@ -144,15 +144,17 @@ def test_compressed_pixel_data_decodes_or_names_its_syntax(tmp_path):
     assert "pylibjpeg" in report.refused["1.2.3.4.5"]
 
 
-def test_cli_exit_codes_and_messages(tmp_path):
+def test_cli_exit_codes_and_messages(tmp_path, capsys):
     ct_series(tmp_path / "src" / "good", n=6)
     ct_series(tmp_path / "src" / "bad", n=8, drop=(3,), patient="GAP")
     res = cli("transfer.data", "import-dicom", str(tmp_path / "src"), str(tmp_path / "out"), cwd=repo_root())
     assert res.returncode == 1, res.stderr
     assert "1 series imported, 1 refused" in res.stdout
     assert "REFUSED" in res.stderr and "patient GAP" in res.stderr and "Traceback" not in res.stderr
-    res = cli("transfer.data", "import-dicom", str(tmp_path / "nowhere"), str(tmp_path / "o2"), cwd=repo_root())
-    assert res.returncode == 2 and "no such folder" in res.stderr
+    from transfer.data import import_main
+
+    assert import_main([str(tmp_path / "nowhere"), str(tmp_path / "o2")]) == 2
+    assert "no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    res = cli("transfer.data", "import-dicom", str(tmp_path / "empty"), str(tmp_path / "o3"), cwd=repo_root())
-    assert res.returncode == 2 and "no DICOM image series" in res.stderr
+    assert import_main([str(tmp_path / "empty"), str(tmp_path / "o3")]) == 2
+    assert "no DICOM image series" in capsys.readouterr().err

@@ -280,6 +280,7 @@ def test_toy_variants_run_and_compare(make_cfg, tmp_path):
         collect_main([str(tmp_path / "nowhere")])
 
 
+@pytest.mark.slow  # two processes on a 2-core machine: with the slow tests, to keep the default suite under 8 min
 def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
     args = [*TINY, "variants=null", "model.method=landa", "selection=last", f"paths.cache_dir={cache_dir}"]
     res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",

@@ -305,6 +305,7 @@ def test_modtr_toy_meets_the_acceptance_bands(tmp_path):
     assert m[("finetune_full", "rgb")]["map"] * 100 <= rgb_before - 8
 
 
+@pytest.mark.slow  # two processes on a 2-core machine: with the slow tests, to keep the default suite under 8 min
 def test_ddp_modtr_run_matches_single_process_evaluation(tmp_path):
     """ModTr trained with strategy=ddp on 2 gloo processes; its synced test mAPs equal a one-process
     evaluation of the same translator checkpoint."""

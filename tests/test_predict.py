@@ -42,6 +42,8 @@ def scans(tmp_path_factory) -> Path:
     nib.save(nib.Nifti1Image(vol, np.diag([-1.5, -1.5, 4.0, 1])), folder / "lps.nii.gz")
     permuted = np.array([[0, 1.2, 0, 10], [-1.1, 0, 0, 5], [0, 0, 3.3, -20], [0, 0, 0, 1.0]])
     nib.save(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(1, 0, 2)), permuted), folder / "permuted.nii")
+    ras = nib.as_closest_canonical(nib.load(folder / "lps.nii.gz"))  # the same scan in the world, stored RAS
+    nib.save(nib.Nifti1Image(np.asarray(ras.dataobj), ras.affine), folder / "ras.nii.gz")
     return folder
 
 
@@ -53,7 +55,12 @@ def _rows(path: Path) -> list[dict]:
 def test_masks_are_in_each_scans_grid_and_volumes_follow_the_voxels(seg_run, scans, tmp_path):
     assert predict([str(seg_run), "-i", str(scans), "-o", str(tmp_path / "out")]) == 0
     rows = {r["case"]: r for r in _rows(tmp_path / "out" / "volumes.csv")}
-    assert set(rows) == {"lps", "permuted"}
+    assert set(rows) == {"lps", "permuted", "ras"}
+    # one scan stored two ways: each mask in its own storage order, the same voxels in the world
+    lps = nib.as_closest_canonical(nib.load(tmp_path / "out" / "lps.nii.gz"))
+    ras = nib.load(tmp_path / "out" / "ras.nii.gz")
+    np.testing.assert_array_equal(np.asarray(lps.dataobj), np.asarray(ras.dataobj))
+    np.testing.assert_allclose(lps.affine, ras.affine, atol=1e-6)
     for name, src in (("lps", scans / "lps.nii.gz"), ("permuted", scans / "permuted.nii")):
         scan, mask = nib.load(src), nib.load(tmp_path / "out" / f"{name}.nii.gz")
         assert mask.shape == scan.shape
@@ -88,7 +95,7 @@ def test_resume_keeps_outputs_and_refuses_other_settings(seg_run, scans, tmp_pat
     stamp = (out / "lps.nii.gz").stat().st_mtime_ns
     assert predict([str(seg_run), "-i", str(scans), "-o", str(out)]) == 0
     assert (out / "lps.nii.gz").stat().st_mtime_ns == stamp
-    assert len(_rows(out / "volumes.csv")) == 2
+    assert len(_rows(out / "volumes.csv")) == 3
     with pytest.raises(SystemExit, match=r"other settings \(folds"):
         predict([str(seg_run), "-i", str(scans), "-o", str(out), "--folds", "0"])
     assert predict([str(seg_run), "-i", str(scans), "-o", str(out), "--folds", "0", "--overwrite"]) == 0
@@ -104,7 +111,7 @@ def test_bad_cases_are_named_and_the_rest_go_on(seg_run, scans, tmp_path, capsys
     err = capsys.readouterr().err
     assert "four_d.nii.gz: shape (8, 8, 6, 2) is not a 3-D volume" in err
     assert "broken.nii.gz: cannot read it as NIfTI" in err
-    assert {r["case"] for r in _rows(tmp_path / "out" / "volumes.csv")} == {"lps", "permuted"}
+    assert {r["case"] for r in _rows(tmp_path / "out" / "volumes.csv")} == {"lps", "permuted", "ras"}
     assert not (tmp_path / "out" / "four_d.nii.gz").exists()
 
 
@@ -141,9 +148,9 @@ def test_dicom_folder_is_imported_and_predicted(seg_run, tmp_path):
 def test_cli_prints_and_exits_without_traceback(seg_run, scans, tmp_path):
     res = cli("transfer.predict", str(seg_run), "-i", str(scans), "-o", str(tmp_path / "out"), cwd=repo_root())
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "2 predicted, 0 kept from an earlier call, 0 failed" in res.stdout
-    res = cli("transfer.predict", str(tmp_path / "nope"), "-i", str(scans), "-o", str(tmp_path / "o2"), cwd=repo_root())
-    assert res.returncode == 1 and "no such run folder" in res.stderr and "Traceback" not in res.stderr
+    assert "3 predicted, 0 kept from an earlier call, 0 failed" in res.stdout
+    with pytest.raises(SystemExit, match="no such run folder"):  # SystemExit(str): the message, exit code 1
+        predict([str(tmp_path / "nope"), "-i", str(scans), "-o", str(tmp_path / "o2")])
 
 
 # ------------------------------------------------------------------------------------------- audio, images

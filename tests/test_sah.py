@@ -141,7 +141,11 @@ def test_bad_volume_input_is_named(tmp_path):
     values = _case(tmp_path, "values", label * 2)
     corrupt = _case(tmp_path, "corrupt", label)
     (tmp_path / "img" / "corrupt.nii.gz").write_bytes(b"not a nifti")
-    for case, message in ((shape, "case shape: image shape"), (affine, "case affine: image and label affines differ"),
+    four_d = _case(tmp_path, "four_d", label)  # a 4-D series: refused at setup, not inside collate
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.diag([2.0, 3.0, 4.0, 1.0])),
+             tmp_path / "img" / "four_d.nii.gz")
+    for case, message in ((four_d, r"case four_d: image .*four_d\.nii\.gz has shape \(4, 4, 4, 2\), not one 3-D volume"),
+                          (shape, "case shape: image shape"), (affine, "case affine: image and label affines differ"),
                           (corrupt, "case corrupt: cannot read NIfTI"), (values, r"case values: label has values \[0.0, 2.0\]")):
         datalist = _datalist(tmp_path, [good, case])
         folds = tmp_path / "f.json"

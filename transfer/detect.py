@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 from datamodules.detection import IMAGE_EXTENSIONS, load_image
+from datamodules.errors import DatasetError
 from transfer.models.detectors import TorchvisionDetector, create_detector
+from transfer.predict.inputs import discover
 from transfer.records import atomic_write_text
 
 
@@ -55,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.translator is None:
             ap.error(f"--modality {args.modality} needs --translator")
         service.add_translator(args.modality, args.translator)
-    files = [args.images] if args.images.is_file() else sorted(
-        p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    try:
+        files = [item.path for item in discover([args.images], tuple(IMAGE_EXTENSIONS), "image")]
+    except DatasetError as e:
+        ap.error(str(e))
     if not files:
         ap.error(f"{args.images}: no images found")
     mode = "RGB" if args.modality == "rgb" else "L"

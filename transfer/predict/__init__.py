@@ -136,31 +136,18 @@ def run(args: argparse.Namespace) -> int:
     from transfer.records import atomic_write_text
 
     atomic_write_text(out / "predict.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
-    rows, kept = _earlier_rows(predictor, out, args.overwrite), 0
-    table_rows: list[dict] = []
+    earlier = _earlier_rows(out / predictor.table, predictor.key)
+    table_rows, kept = [], 0
     for item in track(items, description=f"{task}: {len(items)} inputs", transient=True):
         try:
-            if task == "segmentation":
-                if not args.overwrite and all(p.is_file() for p in predictor.outputs(item, out)):
-                    table_rows.append(predictor.row(item, out))
-                    kept += 1
-                else:
-                    table_rows.append(predictor.predict(item, out))
-            elif str(item.path) in rows:
-                table_rows.append(rows[str(item.path)])
-                kept += 1
-            else:
-                table_rows.append(predictor.predict(item))
+            row = None if args.overwrite else predictor.kept(item, out, earlier)
+            kept += row is not None
+            table_rows.append(row if row is not None else predictor.predict(item, out))
         except DatasetError as e:
             failures[str(item.path)] = str(e)
             log.error("%s", e)
-    table = "volumes.csv" if task == "segmentation" else predictor.table
-    if task == "segmentation":
-        from transfer.predict.segmentation import VOLUME_COLUMNS as columns
-    else:
-        columns = predictor.columns
-    key = "case" if task == "segmentation" else "file"
-    _write_csv(out / table, columns, sorted(table_rows, key=lambda r: r[key]))
+    table = predictor.table
+    _write_csv(out / table, predictor.columns, sorted(table_rows, key=lambda r: r[predictor.key]))
     done = len(table_rows) - kept
     print(f"{done} predicted, {kept} kept from an earlier call, {len(failures)} failed -> {out / table}")
     for what, why in failures.items():
@@ -168,12 +155,12 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _earlier_rows(predictor, out: Path, overwrite: bool) -> dict[str, dict]:
-    table = getattr(predictor, "table", None)
-    if overwrite or table is None or not (out / table).is_file():
+def _earlier_rows(path: Path, key: str) -> dict[str, dict]:
+    """The rows of an earlier call's table, by ``key`` (resume)."""
+    if not path.is_file():
         return {}
-    with open(out / table, newline="") as f:
-        return {r["file"]: r for r in csv.DictReader(f)}
+    with open(path, newline="") as f:
+        return {r[key]: r for r in csv.DictReader(f)}
 
 
 def _predictor(task: str, folds, args, load_model, launch_dir):

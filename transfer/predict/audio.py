@@ -14,7 +14,7 @@ SCORE_COLUMNS = ["file", "score", "decision"]
 
 
 class AudioPredictor:
-    table, columns = "scores.csv", SCORE_COLUMNS
+    table, columns, key = "scores.csv", SCORE_COLUMNS, "file"
 
     def __init__(self, models: list, datamodule, threshold: float | None):
         self.models, self.threshold = models, threshold
@@ -23,7 +23,10 @@ class AudioPredictor:
     def settings(self) -> dict:
         return {"task": "deepfake", "threshold": self.threshold, "sample_rate": self.sample_rate, "length": self.length}
 
-    def predict(self, item: Item) -> dict:
+    def kept(self, item: Item, out, earlier: dict) -> dict | None:
+        return earlier.get(str(item.path))
+
+    def predict(self, item: Item, out=None) -> dict:
         try:
             wav = crop_or_repeat(load_audio(item.path, self.sample_rate), self.length)
         except DatasetError:

@@ -16,7 +16,7 @@ PREDICTION_COLUMNS = ["file", "class", "probability"]
 
 
 class ImagePredictor:
-    table, columns = "predictions.csv", PREDICTION_COLUMNS
+    table, columns, key = "predictions.csv", PREDICTION_COLUMNS, "file"
 
     def __init__(self, models: list, datamodule, classes: list[str]):
         self.models, self.classes = models, classes
@@ -27,7 +27,10 @@ class ImagePredictor:
     def settings(self) -> dict:
         return {"task": "classification", "classes": self.classes, "image_size": self.size}
 
-    def predict(self, item: Item) -> dict:
+    def kept(self, item: Item, out, earlier: dict) -> dict | None:
+        return earlier.get(str(item.path))
+
+    def predict(self, item: Item, out=None) -> dict:
         try:
             with Image.open(item.path) as im:
                 x = self.transform(im.convert("RGB")).unsqueeze(0)

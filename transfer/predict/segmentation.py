@@ -80,6 +80,8 @@ def write_mask(mask: np.ndarray, like: nib.Nifti1Image, path: Path) -> None:
 
 
 class SegmentationPredictor:
+    table, columns, key = "volumes.csv", VOLUME_COLUMNS, "case"
+
     def __init__(self, models: list, folds: list[int | None], cfg, datamodule, tta: bool = False,
                  save_probabilities: bool = False):
         """``datamodule``: the run's (constructed, not set up): its HU window and resampling are evaluation's."""
@@ -92,8 +94,9 @@ class SegmentationPredictor:
     def settings(self) -> dict:
         return {"task": "segmentation", "folds": self.folds, "tta": self.tta, "threshold": self.threshold}
 
-    def outputs(self, item: Item, out: Path) -> list[Path]:
-        return [out / f"{item.name}.nii.gz"]
+    def kept(self, item: Item, out: Path, earlier: dict) -> dict | None:
+        """The row of a mask an earlier call wrote (recomputed from the mask itself), or None."""
+        return self.row(item, out) if (out / f"{item.name}.nii.gz").is_file() else None
 
     def probabilities(self, item: Item) -> tuple[np.ndarray, nib.Nifti1Image]:
         """The ensemble's foreground probability in the scan's own grid."""
