@@ -74,6 +74,15 @@ def test_masks_are_in_each_scans_grid_and_volumes_follow_the_voxels(seg_run, sca
         assert rows[name]["folds"] == "0 1 2"
 
 
+def test_a_fold_predicts_its_test_cases_as_its_evaluation_did(seg_run, tmp_path):
+    """The same reading, window and threshold as evaluation: predicted volumes equal per_case.csv's, case by case."""
+    datalist = sorted((seg_run.parent.parent / "cache").glob("synthetic_hematoma-*/datalist_target.json"))[0]
+    assert predict([str(seg_run), "-i", str(datalist), "-o", str(tmp_path / "out"), "--folds", "0"]) == 0
+    ours = {r["case"]: float(r["volume_ml"]) for r in _rows(tmp_path / "out" / "volumes.csv")}
+    evaluated = _rows(seg_run / "fold_0" / "per_case.csv")
+    assert evaluated and all(ours[r["case_id"]] == pytest.approx(float(r["pred_ml"]), abs=1e-3) for r in evaluated)
+
+
 def test_the_ensemble_is_the_mean_of_the_folds_probabilities(seg_run, scans, tmp_path):
     probs = []
     for folds in (["0"], ["1"], ["2"], ["0", "1", "2"]):
@@ -181,6 +190,13 @@ def test_audio_scores_decide_at_the_runs_dev_threshold(tmp_path):
     assert predict([str(tmp_path / "run"), "-i", str(clips / "a.flac"), "-o", str(tmp_path / "o2"),
                     "--threshold", "1e9"]) == 0
     assert _rows(tmp_path / "o2" / "scores.csv")[0]["decision"] == "spoof"
+    # read as evaluation reads: the run's own eval-set scores, clip by clip
+    flac = sorted((tmp_path / "cache").glob("synthetic_spoof-*/eval/flac"))[0]
+    assert predict([str(tmp_path / "run"), "-i", str(flac), "-o", str(tmp_path / "eval")]) == 0
+    ours = {Path(r["file"]).stem: float(r["score"]) for r in _rows(tmp_path / "eval" / "scores.csv")}
+    theirs = dict(line.split() for line in (tmp_path / "run" / "scores_eval.txt").read_text().splitlines())
+    assert ours.keys() == theirs.keys()
+    assert all(abs(ours[k] - float(v)) < 2e-6 for k, v in theirs.items())
 
 
 def test_images_get_the_runs_class_names(tmp_path):
@@ -198,3 +214,30 @@ def test_images_get_the_runs_class_names(tmp_path):
     assert predict([str(tmp_path / "run"), "-i", str(pics), "-o", str(tmp_path / "out")]) == 0
     rows = _rows(tmp_path / "out" / "predictions.csv")
     assert len(rows) == 2 and all(r["class"] in classes and 0 < float(r["probability"]) <= 1 for r in rows)
+    # read as evaluation reads: predict's labels on a target domain give the run's own test accuracy there
+    from transfer.records import read_jsonl
+
+    sketch = sorted((tmp_path / "cache").glob("synthetic_domains-*/sketch"))[0]
+    assert predict([str(tmp_path / "run"), "-i", str(sketch), "-o", str(tmp_path / "sketch")]) == 0
+    rows = _rows(tmp_path / "sketch" / "predictions.csv")
+    acc = np.mean([r["class"] == Path(r["file"]).parent.name for r in rows])
+    test = [r for r in read_jsonl(tmp_path / "run" / "results.jsonl") if r["split"] == "test" and r["target"] == "sketch"]
+    assert acc == pytest.approx(test[0]["metrics"]["acc"], abs=1e-6)
+
+
+def test_landa_labels_images_through_its_clip(tmp_path):
+    from test_landa import TINY as LANDA
+
+    run(compose_config([*LANDA, "variants=null", "model.method=landa"], tmp_path / "run", tmp_path / "cache"))
+    GlobalHydra.instance().clear()
+    from transfer.records import read_jsonl
+
+    targets = sorted((tmp_path / "cache").glob("synthetic_domains-*/infrared"))
+    assert targets, "the toy's generated target domain"
+    assert predict([str(tmp_path / "run"), "-i", str(targets[0]), "-o", str(tmp_path / "out")]) == 0
+    rows = _rows(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == sum(1 for _ in targets[0].rglob("*.png")) > 0
+    # the run's own test accuracy on these images, from predict's labels (class folder = true class)
+    acc = np.mean([r["class"] == Path(r["file"]).parent.name for r in rows])
+    row = [r for r in read_jsonl(tmp_path / "run" / "results.jsonl") if r["split"] == "test" and r["target"] == "infrared"]
+    assert acc == pytest.approx(row[0]["metrics"]["acc"], abs=1e-6)

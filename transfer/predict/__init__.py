@@ -8,7 +8,7 @@ records say which checkpoint each fold selected. What comes out depends on the r
   averaged (``--folds`` to choose, ``--tta`` for mirrored passes), and ``OUT/volumes.csv``;
 - deepfake detection (MoE-LoRA runs): audio files -> ``OUT/scores.csv`` (score = log P(bona fide), decision at
   the run's development-set threshold);
-- classification (source-only, SFDA runs): images -> ``OUT/predictions.csv`` (class name, probability).
+- classification (source-only, SFDA, LanDA runs): images -> ``OUT/predictions.csv`` (class name, probability).
 
 A case that cannot be read is named and the rest go on; the exit code is then 1. Outputs already in OUT from an
 earlier call with the same settings are kept (resume) unless ``--overwrite``.
@@ -31,6 +31,7 @@ TASKS = {
     "transfer.methods.moelora.DeepfakeDetectionModule": "deepfake",
     "transfer.methods.source_only.SourceOnlyClassifier": "classification",
     "transfer.methods.sfda.FewShotSFDAModule": "classification",
+    "transfer.methods.landa.LanDAModule": "classification",
 }
 
 
@@ -166,10 +167,10 @@ def _earlier_rows(path: Path, key: str) -> dict[str, dict]:
 def _predictor(task: str, folds, args, load_model, launch_dir):
     from hydra.utils import instantiate
 
-    models = [load_model(f) for f in folds]
     cfg = folds[0].cfg
     with launch_dir(folds[0].folder):
         datamodule = instantiate(cfg.data, _convert_="all")  # constructed only: its reading settings
+    models = [load_model(f, datamodule) for f in folds]
     if task == "segmentation":
         from transfer.predict.segmentation import SegmentationPredictor
 
@@ -188,7 +189,11 @@ def _predictor(task: str, folds, args, load_model, launch_dir):
         return AudioPredictor(models, datamodule, threshold)
     from transfer.predict.images import ImagePredictor
 
-    return ImagePredictor(models, datamodule, folds[0].classes)
+    if folds[0].classes is None:
+        raise SystemExit(f"error: {folds[0].folder} has no data_summary.json with the class names in label order")
+    encoder = getattr(datamodule, "encoder", None)  # LanDA: the models classify CLIP embeddings
+    return ImagePredictor(models, datamodule, folds[0].classes, embed=encoder.encode_images if encoder else None,
+                          outputs_probabilities=encoder is not None)
 
 
 def main(argv: list[str] | None = None) -> int:

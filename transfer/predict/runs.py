@@ -131,9 +131,11 @@ def launch_dir(folder: Path) -> Iterator[None]:
     yield
 
 
-def load_model(fold: Fold):
-    """The fold's LightningModule at its selected weights, in eval mode. A method with a cached stage (a toy's
-    pre-training) runs its ``prepare`` first, as training did; adapter-only checkpoints load onto that base."""
+def load_model(fold: Fold, datamodule):
+    """The fold's LightningModule at its selected weights, in eval mode. ``datamodule``: the run's, constructed
+    (not set up). A method with a cached stage (a toy's pre-training) runs its ``prepare`` first, as training did,
+    and adapter-only checkpoints load onto that base; a method whose parts are sized by its data (LanDA's heads,
+    its text embeddings) is attached to the data module before its checkpoint loads."""
     from hydra.utils import instantiate
 
     from transfer.checkpoints import AtomicCheckpointIO
@@ -147,9 +149,10 @@ def load_model(fold: Fold):
     with launch_dir(fold.folder):
         model = instantiate(plain_specs(fold.cfg.model), _convert_="all", **extra)
         if hasattr(model, "prepare"):
-            datamodule = instantiate(fold.cfg.data, _convert_="all")
             datamodule.prepare_data()
             model.prepare(datamodule)
+        if hasattr(model, "attach_data"):
+            model.attach_data(datamodule)
     if ckpt is not None:
         model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])

@@ -170,7 +170,11 @@ class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
                         "head, so this run is augmenters + a probe (LADS-like); lambda_w has no effect")
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
+        self.attach_data(self.trainer.datamodule, stage)
+
+    def attach_data(self, dm, stage: str = "predict") -> None:
+        """Text embeddings of the descriptions and class names through ``dm``'s CLIP, the heads built for its
+        classes and sources (before a checkpoint loads into them); ``stage='fit'`` also reads the class counts."""
         encoder = dm.encoder
         prompts = dict(self.hparams.source_prompts or {})
         missing = [s for s in dm.sources if s not in prompts]
