@@ -286,7 +286,7 @@ def import_dicom(src: str | Path, out: str | Path, labels: Mapping[str, str | Pa
         save_nifti(image, image_path)
         entry = {"image": f"images/{case}.nii.gz", "case_id": case, "patient_id": series.patient_id or case,
                  "series_uid": series.uid, "study_uid": series.study_uid, "modality": series.modality,
-                 "slices": len(slices)}
+                 "slices": len(slices), "source_files": [str(sl.path.resolve()) for sl in slices]}
         key = series.uid if series.uid in labels else case if case in labels else None
         if key is not None:
             used_labels.add(key)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import soundfile as sf
 from hydra.core.global_hydra import GlobalHydra
@@ -152,6 +153,30 @@ def test_dicom_folder_is_imported_and_predicted(seg_run, tmp_path):
     mask = nib.load(tmp_path / "out" / rows[0]["mask"])
     assert mask.shape == image.shape and 7 in mask.shape
     np.testing.assert_allclose(mask.affine, image.affine, atol=1e-6)
+
+
+def test_dicom_seg_references_the_series_and_matches_the_mask_on_its_slices(seg_run, tmp_path):
+    """The SEG's frames, per source slice, against the NIfTI mask resampled onto the series by ITK (independent of
+    the SEG writer's own geometry)."""
+    import highdicom as hd
+    import SimpleITK as sitk
+
+    oblique = (0.8660254, 0.5, 0.0, 0.0, 0.0, -1.0)
+    uid = ct_series(tmp_path / "dicom" / "s", n=7, patient="PAT9", orientation=oblique, thickness=3.0)
+    assert predict([str(seg_run), "-i", str(tmp_path / "dicom"), "-o", str(tmp_path / "out"), "--dicom-seg"]) == 0
+    (row,) = _rows(tmp_path / "out" / "volumes.csv")
+    seg = hd.seg.segread(tmp_path / "out" / f"{row['case']}.seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid and seg.PatientID == "PAT9"
+    reader = sitk.ImageSeriesReader()
+    files = reader.GetGDCMSeriesFileNames(str(tmp_path / "dicom" / "s"), uid)  # ITK's slice order
+    reader.SetFileNames(files)
+    series = reader.Execute()
+    on_series = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(tmp_path / "out" / row["mask"])), series,
+                                                     sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    assert on_series.sum() == np.asarray(nib.load(tmp_path / "out" / row["mask"]).dataobj).sum() > 0
+    sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, segment_numbers=[1])[..., 0]
+    np.testing.assert_array_equal(frames, on_series)
 
 
 def test_cli_prints_and_exits_without_traceback(seg_run, scans, tmp_path):

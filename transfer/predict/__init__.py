@@ -5,7 +5,8 @@ records say which checkpoint each fold selected. What comes out depends on the r
 
 - segmentation (SAH runs): NIfTI scans, a folder of them, a datalist, or a DICOM folder (imported on the fly) ->
   ``OUT/<case>.nii.gz``, a ``uint8`` mask in the scan's own grid (same shape and affine), the folds' probabilities
-  averaged (``--folds`` to choose, ``--tta`` for mirrored passes), and ``OUT/volumes.csv``;
+  averaged (``--folds`` to choose, ``--tta`` for mirrored passes), and ``OUT/volumes.csv``; for DICOM input
+  ``--dicom-seg`` adds ``OUT/<case>.seg.dcm``, a DICOM SEG referencing the source series;
 - deepfake detection (MoE-LoRA runs): audio files -> ``OUT/scores.csv`` (score = log P(bona fide), decision at
   the run's development-set threshold);
 - classification (source-only, SFDA, LanDA runs): images -> ``OUT/predictions.csv`` (class name, probability).
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tta", action="store_true", help="segmentation: average over mirrored copies (2^3 passes)")
     ap.add_argument("--save-probabilities", action="store_true",
                     help="segmentation: also write <case>_prob.nii.gz (float32, the scan's grid)")
+    ap.add_argument("--dicom-seg", action="store_true",
+                    help="segmentation of DICOM input: also <case>.seg.dcm, a DICOM SEG referencing the source series")
     ap.add_argument("--threshold", type=float, help="deepfake: decision threshold instead of the run's dev-set one")
     ap.add_argument("--overwrite", action="store_true", help="predict again what OUT already holds")
     return ap
@@ -174,7 +177,8 @@ def _predictor(task: str, folds, args, load_model, launch_dir):
     if task == "segmentation":
         from transfer.predict.segmentation import SegmentationPredictor
 
-        return SegmentationPredictor(models, [f.index for f in folds], cfg, datamodule, args.tta, args.save_probabilities)
+        return SegmentationPredictor(models, [f.index for f in folds], cfg, datamodule, args.tta, args.save_probabilities,
+                                     args.dicom_seg)
     if task == "deepfake":
         from transfer.predict.audio import AudioPredictor
 

@@ -17,6 +17,7 @@ class Item:
     name: str               # case id or file stem: names the outputs
     path: Path
     patient_id: str | None = None
+    source_files: list[str] | None = None  # the DICOM slices it was imported from, in slice order
 
 
 def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
@@ -42,8 +43,8 @@ def _datalist(path: Path) -> list[Item]:
         if not isinstance(image, str):
             raise DatasetError(f"{path}: entry {i} has no 'image' path")
         p = (path.parent / image).resolve()
-        items.append(Item(e.get("case_id", stem(p)) if isinstance(e, dict) else stem(p), p,
-                          e.get("patient_id") if isinstance(e, dict) else None))
+        entry = e if isinstance(e, dict) else {}
+        items.append(Item(entry.get("case_id", stem(p)), p, entry.get("patient_id"), entry.get("source_files")))
     return items
 
 

@@ -83,20 +83,28 @@ class SegmentationPredictor:
     table, columns, key = "volumes.csv", VOLUME_COLUMNS, "case"
 
     def __init__(self, models: list, folds: list[int | None], cfg, datamodule, tta: bool = False,
-                 save_probabilities: bool = False):
-        """``datamodule``: the run's (constructed, not set up): its HU window and resampling are evaluation's."""
+                 save_probabilities: bool = False, dicom_seg: bool = False):
+        """``datamodule``: the run's (constructed, not set up): its HU window and resampling are evaluation's.
+        ``dicom_seg``: also a DICOM SEG for every case imported from DICOM."""
         self.models, self.folds, self.tta, self.save_probabilities = models, folds, tta, save_probabilities
+        self.dicom_seg = dicom_seg
         self.threshold = float(cfg.model.get("threshold", 0.5))
         self.in_channels = int(cfg.model.net.get("in_channels", 1))
         self.transform = build_transforms(False, window=tuple(datamodule.window), spacing=datamodule.spacing, roi=None,
                                           flip=0.0, elastic=0.0, labelled=False)
 
     def settings(self) -> dict:
-        return {"task": "segmentation", "folds": self.folds, "tta": self.tta, "threshold": self.threshold}
+        return {"task": "segmentation", "folds": self.folds, "tta": self.tta, "threshold": self.threshold,
+                "dicom_seg": self.dicom_seg}
+
+    def _seg_path(self, item: Item, out: Path) -> Path | None:
+        return out / f"{item.name}.seg.dcm" if self.dicom_seg and item.source_files else None
 
     def kept(self, item: Item, out: Path, earlier: dict) -> dict | None:
         """The row of a mask an earlier call wrote (recomputed from the mask itself), or None."""
-        return self.row(item, out) if (out / f"{item.name}.nii.gz").is_file() else None
+        seg = self._seg_path(item, out)
+        done = (out / f"{item.name}.nii.gz").is_file() and (seg is None or seg.is_file())
+        return self.row(item, out) if done else None
 
     def probabilities(self, item: Item) -> tuple[np.ndarray, nib.Nifti1Image]:
         """The ensemble's foreground probability in the scan's own grid."""
@@ -120,6 +128,11 @@ class SegmentationPredictor:
         prob, scan = self.probabilities(item)
         mask = prob > self.threshold
         write_mask(mask, scan, out / f"{item.name}.nii.gz")
+        seg = self._seg_path(item, out)
+        if seg is not None:
+            from transfer.predict.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(out / f"{item.name}.nii.gz", item.source_files, seg)
         if self.save_probabilities:
             header = scan.header.copy()
             header.set_data_dtype(np.float32)
