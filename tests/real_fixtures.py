@@ -201,3 +201,40 @@ def asvspoof(data_dir: Path) -> Path:
     for i in range(3):
         flac(wild / f"{i}.wav", sr=44100 if i == 0 else 16000, seed=i, fmt="WAV")
     return data_dir
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+FAIRSEQ_RULES = [  # torchaudio's wav2vec2 names -> fairseq's (the inverse of torchaudio's import_fairseq mapping)
+    (r"feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
+    (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
+    (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+]
+
+
+def fairseq_wav2vec2_state(model) -> dict:
+    """A torchaudio wav2vec2's tensors under the names fairseq's Wav2Vec2Model saves them (plus its mask_emb)."""
+    import re
+
+    import torch
+
+    out = {}
+    for k, v in model.state_dict().items():
+        for pattern, repl in FAIRSEQ_RULES:
+            new = re.sub("^" + pattern, repl, k)
+            if new != k:
+                k = new
+                break
+        out[k] = v.clone()
+    out["mask_emb"] = torch.zeros(next(v for k, v in out.items() if k.startswith("post_extract_proj.") and
+                                       k.endswith("bias")).shape[0])
+    return out

@@ -118,37 +118,13 @@ def test_huggingface_layout_weights_load_into_the_torchaudio_backbone(tmp_path):
 def test_fairseq_checkpoint_loads_with_an_argparse_namespace(tmp_path):
     """A fairseq-layout checkpoint ({'args': Namespace, 'model': tensors}) maps onto the torchaudio backbone."""
     import argparse
-    import re
 
+    from real_fixtures import fairseq_wav2vec2_state
     from transfer.models.wav2vec2 import create_wav2vec2
 
     src = create_wav2vec2("tiny")
-    rules = [  # torchaudio name -> fairseq name
-        (r"feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
-        (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
-        (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
-        (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
-        (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
-        (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
-        (r"encoder\.transformer\.pos_conv_embed\.conv\.", "encoder.pos_conv.0."),
-        (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
-        (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-        (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-        (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-        (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-        (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
-    ]
-    fairseq = {}
-    for k, v in src.state_dict().items():
-        for pattern, repl in rules:
-            new = re.sub("^" + pattern, repl, k)
-            if new != k:
-                k = new
-                break
-        fairseq[k] = v.clone()
-    fairseq["mask_emb"] = torch.zeros(64)
     path = tmp_path / "xlsr_tiny.pt"
-    torch.save({"args": argparse.Namespace(arch="wav2vec2"), "model": fairseq}, path)
+    torch.save({"args": argparse.Namespace(arch="wav2vec2"), "model": fairseq_wav2vec2_state(src)}, path)
     loaded = create_wav2vec2("tiny", str(path))
     x = torch.randn(1, 4000)
     assert torch.allclose(loaded(x)[0], src(x)[0])

@@ -5,8 +5,8 @@ Real weights come from a local file resolved through ``weights/``: a torchaudio-
 ``torchaudio.pipelines`` models save) or a Hugging Face ``Wav2Vec2Model`` / ``Wav2Vec2ForCTC`` state dict
 (``model.safetensors``), renamed the way torchaudio's ``import_huggingface_model`` maps the modules, or a
 fairseq checkpoint (``xlsr2_300m.pt``: its ``model`` tensors, keys mapped by torchaudio's fairseq importer).
-fairseq checkpoints are loaded with ``weights_only=True`` (argparse Namespace allowed); one that needs
-arbitrary pickled objects is refused — re-save its ``model`` dict first.
+fairseq checkpoints load as released (``args`` Namespace or omegaconf ``cfg``, numpy training state) through the
+suite's safe loader (:func:`transfer.weights.load_checkpoint_file`): no code from the file runs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from torchaudio.models import wav2vec2_model
 
 from transfer.models.registry import register_model, state_dict_fit
-from transfer.weights import load_state_dict, random_init_requested, resolve
+from transfer.weights import load_checkpoint_file, load_state_dict, random_init_requested, resolve, state_dict_of
 
 _LARGE_EXTRACTOR = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 CONFIGS = {
@@ -62,18 +62,6 @@ def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _is_fairseq(path) -> bool:
-    """fairseq checkpoints keep the tensors under 'model' next to 'args' or 'cfg'."""
-    import argparse
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            return True  # objects beyond tensors: let load_fairseq explain
-    return isinstance(ckpt, dict) and "model" in ckpt and ("args" in ckpt or "cfg" in ckpt)
-
-
 _WN = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
 
 
@@ -89,20 +77,18 @@ def _weight_norm_names(state: dict, own: dict) -> dict:
     return out
 
 
-def load_fairseq(path) -> dict[str, torch.Tensor]:
-    """The wav2vec2 tensors of a fairseq checkpoint, in torchaudio's names."""
-    import argparse
-
+def load_weights_file(path) -> dict[str, torch.Tensor]:
+    """The wav2vec2 tensors of a file: safetensors, a plain state dict, or a checkpoint as fairseq writes it (the
+    tensors under ``model`` next to ``args`` or ``cfg``, in fairseq's names, mapped to torchaudio's)."""
     from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: this fairseq checkpoint holds objects that cannot be loaded safely ({e}); "
-                             "load it once where fairseq is installed and save ckpt['model'] with torch.save") from None
-    state = ckpt.get("model", ckpt)
-    return _convert_state_dict({k.removeprefix("w2v_encoder.w2v_model."): v for k, v in state.items()})
+    if str(path).endswith(".safetensors"):
+        return load_state_dict(path)
+    ckpt = load_checkpoint_file(path, "wav2vec2 weights")
+    if isinstance(ckpt, dict) and "model" in ckpt and ("args" in ckpt or "cfg" in ckpt):
+        state = state_dict_of(ckpt["model"], path)
+        return _convert_state_dict({k.removeprefix("w2v_encoder.w2v_model."): v for k, v in state.items()})
+    return state_dict_of(ckpt, path)
 
 
 def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module:
@@ -115,7 +101,7 @@ def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module
         model.random_init = True
     elif weights:
         path = resolve(weights)
-        state = load_fairseq(path) if str(path).endswith(".pt") and _is_fairseq(path) else load_state_dict(path)
+        state = load_weights_file(path)
         if any(k.startswith(("wav2vec2.", "feature_projection.")) or ".parametrizations." in k for k in state):
             state = from_huggingface(state)
         own = model.state_dict()
