@@ -284,8 +284,9 @@ def state_dict_of(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if odd:
-        raise WeightsError(f"{path}: {len(odd)} entries of its state dict are not tensors (e.g. '{odd[0]}': "
-                           f"{type(obj[odd[0]]).__name__})")
+        v = obj[odd[0]]
+        what = f"a pickled {v.qualified_name}, not loaded" if isinstance(v, Inert) else type(v).__name__
+        raise WeightsError(f"{path}: {len(odd)} entries of its state dict are not tensors (e.g. '{odd[0]}': {what})")
     return obj
 
 
