@@ -1,6 +1,7 @@
 """``transfer.weights fetch`` against a loopback HTTP server (127.0.0.1 only, stops with the test): download,
 resume after an interrupted transfer, checksum mismatch refused with nothing left behind, torchvision's hash
-prefix, ``check``, the offline error, the Hugging Face path and fetch-on-first-use in a run."""
+prefix, ``check``, the offline error, the Hugging Face path (a loopback hub stating each file's sha256), the lab's
+lock file and fetch-on-first-use in a run."""
 
 import hashlib
 import os
@@ -69,7 +70,8 @@ def test_fetch_downloads_verifies_and_renames(tmp_path, server):
     reg = _registry(tmp_path, base, sha256=hashlib.sha256(PAYLOAD).hexdigest())
     path = fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
     assert path.read_bytes() == PAYLOAD and path.parent.name == "torchvision"
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock"])  # no .part
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock",
+                                                                     f".{path.name}.origin.json"])  # no .part
     assert fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False) == path  # present: nothing fetched again
     assert len(handler.requests) == 1
 
@@ -122,26 +124,115 @@ def test_offline_error_names_the_url_and_the_way_out(tmp_path):
         fetch_mod.fetch("tiny", reg, tmp_path / "w", progress=False)
 
 
-def test_hugging_face_entries_go_through_hf_hub_download(tmp_path, monkeypatch):
-    import huggingface_hub
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """The Hugging Face hub's file endpoint as huggingface_hub reads it: ``/{repo}/resolve/{revision}/{file}`` with
+    the commit in ``X-Repo-Commit`` and, for an LFS file, its sha256 as the ETag."""
 
-    cached = tmp_path / "hf-cache" / "model.safetensors"
-    cached.parent.mkdir()
-    cached.write_bytes(PAYLOAD)
-    calls = []
+    body: bytes = PAYLOAD
+    stated: str = hashlib.sha256(PAYLOAD).hexdigest()
 
-    def fake(**kw):
-        calls.append(kw)
-        return str(cached)
+    def _headers(self):
+        if "/resolve/" not in self.path:
+            self.send_error(404)
+            return False
+        self.send_response(200)
+        self.send_header("ETag", f'"{self.stated}"')
+        self.send_header("X-Repo-Commit", "c0ffee" * 6 + "abcd")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        return True
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    def do_HEAD(self):  # noqa: N802
+        self._headers()
+
+    def do_GET(self):  # noqa: N802
+        if self._headers():
+            self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    _Hub.body, _Hub.stated = PAYLOAD, hashlib.sha256(PAYLOAD).hexdigest()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True, raising=False)
+    yield _Hub
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def _hub_registry(tmp_path):
     path = tmp_path / "registry.yaml"
     path.write_text(yaml.safe_dump({"r": {"file": "timm/r.safetensors", "hf_repo": "timm/resnet50.tv_in1k",
-                                          "hf_file": "model.safetensors", "revision": None,
-                                          "sha256": hashlib.sha256(PAYLOAD).hexdigest()}}))
-    out = fetch_mod.fetch("r", load_registry(path), tmp_path / "w", progress=False)
-    assert calls == [{"repo_id": "timm/resnet50.tv_in1k", "filename": "model.safetensors", "revision": None}]
+                                          "hf_file": "model.safetensors", "verify": "hub"}}))
+    return load_registry(path)
+
+
+def test_hub_entries_are_checked_against_the_sha256_the_hub_states(tmp_path, hub):
+    out = fetch_mod.fetch("r", _hub_registry(tmp_path), tmp_path / "w", progress=False)
     assert out.read_bytes() == PAYLOAD
+    origin = yaml.safe_load(fetch_mod.origin_file(out).read_text())
+    assert origin["revision"] == "c0ffee" * 6 + "abcd" and origin["hub_sha256"] == hub.stated
+    hub.body = PAYLOAD[:-1] + b"?"  # the hub serves other bytes than the sha256 it states (into a fresh cache)
+    import huggingface_hub.constants as hf_constants
+
+    hf_constants.HF_HUB_CACHE = str(tmp_path / "hf-cache-2")  # restored by the fixture's monkeypatch
+    with pytest.raises(WeightsError, match=rf"downloaded bytes have sha256 {hashlib.sha256(hub.body).hexdigest()}, "
+                                           rf"the hub states {hub.stated}.*the download was deleted"):
+        fetch_mod.fetch("r", _hub_registry(tmp_path), tmp_path / "w2", progress=False)
+    assert [p.name for p in (tmp_path / "w2").rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+
+
+def test_lock_is_written_then_enforced(tmp_path, server, capsys):
+    from transfer.weights import main
+
+    base, handler = server
+    handler.files["/models/tiny.pth"] = PAYLOAD
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(yaml.safe_dump({"tiny": {"file": "fairseq/tiny.pt", "url": f"{base}/models/tiny.pth",
+                                            "verify": "lock"}}))
+    w = tmp_path / "w"
+    common = ["--registry", str(reg), "--root", str(w)]
+    assert main(["lock", "tiny", *common]) == 1 and "fetch first" in capsys.readouterr().err
+    assert main(["fetch", "tiny", *common]) == 0
+    assert main(["lock", *common]) == 0
+    lock = yaml.safe_load((w / "lock.yaml").read_text())
+    good = hashlib.sha256(PAYLOAD).hexdigest()
+    assert lock == {"tiny": {"file": "fairseq/tiny.pt", "size": len(PAYLOAD), "sha256": good,
+                             "url": f"{base}/models/tiny.pth"}}
+    (w / "fairseq" / "tiny.pt").write_bytes(b"swapped")  # another file under the same name
+    bad = hashlib.sha256(b"swapped").hexdigest()
+    assert main(["check", *common]) == 1 and "checksum MISMATCH" in capsys.readouterr().out
+    with pytest.raises(WeightsError, match=rf"sha256 {bad} differs from {good} in the lock file for 'tiny'"):
+        resolve("tiny", load_registry(reg), w)
+    (w / "fairseq" / "tiny.pt").unlink()
+    handler.files["/models/tiny.pth"] = b"a new release under the old url"
+    with pytest.raises(WeightsError, match="differs from .* in the lock file.*the download was deleted"):
+        fetch_mod.fetch("tiny", load_registry(reg), w, progress=False)
+    assert not (w / "fairseq" / "tiny.pt").exists()
+
+
+def test_every_registry_entry_is_pinned_or_verified_at_download():
+    for name, e in load_registry().items():
+        assert e.verify in ("sha256", "hub", "lock"), name
+        if e.verify == "sha256":
+            assert len(e.sha256) == 64 and int(e.sha256, 16) >= 0 and e.pin_source, name
+            assert not e.sha256_prefix or e.sha256.startswith(e.sha256_prefix), name
+            assert e.sha256[:8] in e.file, name  # torchvision's file name carries the digest's first 8 hex digits
+        elif e.verify == "hub":
+            assert e.hf_repo and e.hf_file and not e.sha256, name
+        else:
+            assert e.url and not e.sha256, name  # no public checksum: the lab's lock pins it
 
 
 def test_check_reports_each_entry(tmp_path, server, capsys):
@@ -162,7 +253,8 @@ def test_check_reports_each_entry(tmp_path, server, capsys):
     (w / "c.bin").write_bytes(b"c")
     assert main(["check", "--registry", str(reg_file), "--root", str(w)]) == 1  # a mismatch and a missing file
     out = capsys.readouterr().out
-    for line in ("ok  checksum ok", "bad  checksum MISMATCH", "loose  present (no checksum pinned)", "gone  missing"):
+    for line in ("ok  checksum ok", "bad  checksum MISMATCH", "loose  present (no checksum pinned or locked)",
+                 "gone  missing"):
         assert line.split("  ")[0] in out and line.split("  ")[1] in out
     assert "python -m transfer.weights fetch gone" in out
 

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from transfer.stages import file_lock
-from transfer.weights import WeightsEntry, WeightsError, load_registry, sha256sum, weights_dir
+from transfer.weights import WeightsEntry, WeightsError, load_lock, load_registry, sha256sum, weights_dir
 
 ENV_FETCH = "TRANSFER_FETCH_WEIGHTS"
 ENV_MIRROR = "TRANSFER_WEIGHTS_MIRROR"
@@ -44,15 +44,20 @@ def fetch_on_first_use(enabled: bool) -> Iterator[None]:
             os.environ.pop(ENV_FETCH) if old is None else os.environ.__setitem__(ENV_FETCH, old)
 
 
-def verify(path: Path, entry: WeightsEntry) -> str:
-    """'ok', 'unverified' (nothing pinned) or raises naming both hashes."""
+def verify(path: Path, entry: WeightsEntry, root: str | Path | None = None, use_lock: bool = True) -> str:
+    """'ok' (a pin or the lab's lock matched), 'unverified' (nothing to check against) or raises naming both hashes.
+    The lock (``<root>/lock.yaml``) is checked whenever it lists the entry, whatever the registry pins."""
     actual = sha256sum(path)
     if entry.sha256 and actual != entry.sha256:
         raise WeightsError(f"{path}: sha256 {actual} does not match the registered {entry.sha256} for '{entry.name}'")
     if entry.sha256_prefix and not actual.startswith(entry.sha256_prefix):
         raise WeightsError(f"{path}: sha256 {actual} does not start with the published prefix {entry.sha256_prefix} "
                            f"for '{entry.name}'")
-    return "ok" if entry.sha256 or entry.sha256_prefix else "unverified"
+    locked = load_lock(root or path.parents[len(Path(entry.file).parts) - 1]).get(entry.name) if use_lock else None
+    if locked and actual != locked["sha256"]:
+        raise WeightsError(f"{path}: sha256 {actual} differs from {locked['sha256']} in the lock file for "
+                           f"'{entry.name}' (a swapped or corrupted file, or a lock from another release)")
+    return "ok" if entry.sha256 or entry.sha256_prefix or locked else "unverified"
 
 
 def source_of(entry: WeightsEntry) -> str:
@@ -107,34 +112,67 @@ def fetch(name: str, registry: dict[str, WeightsEntry] | None = None, root: str 
     dest = Path(root or weights_dir()) / entry.file
     with file_lock(dest):
         if dest.exists():
-            verify(dest, entry)
+            verify(dest, entry, root)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(f".{dest.name}.part")
         src = source_of(entry)
         if src.startswith("hf://"):
-            _from_hub(entry, part)
+            origin = _from_hub(entry, part)
         else:
-            download(src, part, progress)
+            download(src, part, progress)  # an interrupted transfer keeps its part file: fetch again resumes
+            origin = {"url": src}
         try:
-            verify(part, entry)
+            verify(part, entry, root)
         except WeightsError as e:
             part.unlink()
             raise WeightsError(f"{src}: {e}; the download was deleted") from None
         os.chmod(part, 0o644)
         os.replace(part, dest)
+        _write_origin(dest, origin)
     return dest
 
 
-def _from_hub(entry: WeightsEntry, part: Path) -> None:
-    """Through huggingface_hub (its cache, endpoint, token and offline mode apply), then copied beside ``dest``."""
-    from huggingface_hub import hf_hub_download
+def origin_file(dest: Path) -> Path:
+    """Beside each fetched file: where it came from (url, or hub repo + the commit served), for the lock."""
+    return dest.with_name(f".{dest.name}.origin.json")
 
+
+def _write_origin(dest: Path, origin: dict) -> None:
+    import json
+
+    from transfer.stages import atomic_path
+
+    with atomic_path(origin_file(dest)) as tmp:
+        tmp.write_text(json.dumps(origin, sort_keys=True) + "\n")
+
+
+def _from_hub(entry: WeightsEntry, part: Path) -> dict:
+    """Through huggingface_hub (its cache, endpoint, token and offline mode apply), copied beside ``dest`` and
+    checked against the sha256 the hub states for the file (an LFS file's ETag). Returns the origin."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    where = f"hf://{entry.hf_repo}/{entry.hf_file}"
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not when huggingface_hub was imported
     try:
-        cached = hf_hub_download(repo_id=entry.hf_repo, filename=entry.hf_file, revision=entry.revision)
+        cached = hf_hub_download(repo_id=entry.hf_repo, filename=entry.hf_file, revision=entry.revision,
+                                 endpoint=endpoint)
+        meta = get_hf_file_metadata(hf_hub_url(entry.hf_repo, entry.hf_file, revision=entry.revision, endpoint=endpoint))
     except Exception as e:  # the hub client has many error types (offline, not found, gated, ...)
-        raise WeightsError(f"hf://{entry.hf_repo}/{entry.hf_file}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise WeightsError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     shutil.copyfile(cached, part)
+    stated = (meta.etag or "").strip('"').removeprefix("W/").strip('"').lower()
+    if entry.verify == "hub":
+        if len(stated) != 64:
+            part.unlink()
+            raise WeightsError(f"{where}: the hub states no sha256 for this file (ETag {stated!r}), so it cannot be "
+                               f"verified")
+        actual = sha256sum(part)
+        if actual != stated:
+            part.unlink()
+            raise WeightsError(f"{where}: downloaded bytes have sha256 {actual}, the hub states {stated}; the "
+                               f"download was deleted")
+    return {"hf_repo": entry.hf_repo, "hf_file": entry.hf_file, "revision": meta.commit_hash, "hub_sha256": stated}
 
 
 def status(name: str, entry: WeightsEntry, root: str | Path | None = None) -> str:
@@ -142,6 +180,6 @@ def status(name: str, entry: WeightsEntry, root: str | Path | None = None) -> st
     if not path.exists():
         return "missing"
     try:
-        return "checksum ok" if verify(path, entry) == "ok" else "present (no checksum pinned)"
+        return "checksum ok" if verify(path, entry, root) == "ok" else "present (no checksum pinned or locked)"
     except WeightsError:
         return "checksum MISMATCH"

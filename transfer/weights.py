@@ -39,6 +39,13 @@ class WeightsEntry:
     hf_repo: str | None = None  # Hugging Face hub repo + file (through huggingface_hub)
     hf_file: str | None = None
     revision: str | None = None
+    size: int | None = None  # bytes, where the pin's source states it
+    pin_source: str | None = None  # where the full sha256 was published
+    verify: str | None = None  # sha256 (pinned), hub (the hub's stated sha256, checked at download), lock (see below)
+
+
+VERIFY = ("sha256", "hub", "lock")  # lock: no public checksum exists; the lab's weights/lock.yaml is the pin
+LOCK_FILE = "lock.yaml"
 
 
 RANDOM = "random"  # weights=random: a random initialisation, asked for explicitly and recorded in result rows
@@ -212,8 +219,23 @@ def load_registry(path: str | Path | None = None) -> dict[str, WeightsEntry]:
     for name, fields in raw.items():
         if not isinstance(fields, dict) or "file" not in fields:
             raise WeightsError(f"{path}: entry '{name}' needs at least a 'file' field")
-        out[name] = WeightsEntry(name=name, **fields)
+        entry = WeightsEntry(name=name, **fields)
+        if entry.verify not in (None, *VERIFY):
+            raise WeightsError(f"{path}: entry '{name}' has verify: {entry.verify}; use one of {', '.join(VERIFY)}")
+        out[name] = entry
     return out
+
+
+def load_lock(root: str | Path | None = None) -> dict[str, dict]:
+    """``weights/lock.yaml`` (written by ``python -m transfer.weights lock``): name -> file, size, sha256, source."""
+    path = Path(root or weights_dir()) / LOCK_FILE
+    if not path.is_file():
+        return {}
+    raw = yaml.safe_load(path.read_text()) or {}
+    bad = [n for n, e in raw.items() if not isinstance(e, dict) or not isinstance(e.get("sha256"), str)]
+    if bad:
+        raise WeightsError(f"{path}: entry '{bad[0]}' has no sha256 (remake it: python -m transfer.weights lock)")
+    return raw
 
 
 def sha256sum(path: str | Path) -> str:
@@ -258,7 +280,7 @@ def resolve(name_or_path: str | Path, registry: dict[str, WeightsEntry] | None =
         )
     from transfer.fetch import verify
 
-    verify(path, entry)
+    verify(path, entry, root)
     return path
 
 
@@ -319,13 +341,14 @@ def names_in_experiment(experiment: str, overrides: list[str] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.weights list | check [NAME...] | fetch NAME... | fetch --experiment NAME | hash FILE``."""
+    """``python -m transfer.weights list | check [NAME...] | fetch NAME... | fetch --experiment NAME | hash FILE |
+    lock [NAME... | --experiment NAME]``."""
     import argparse
 
     from transfer import fetch as fetching
 
     parser = argparse.ArgumentParser(prog="python -m transfer.weights")
-    parser.add_argument("command", choices=["list", "check", "fetch", "hash"])
+    parser.add_argument("command", choices=["list", "check", "fetch", "hash", "lock"])
     parser.add_argument("names", nargs="*", help="registered names (hash: a file)")
     parser.add_argument("--experiment", help="fetch every weight this experiment needs")
     parser.add_argument("--registry", help="another registry.yaml")
@@ -346,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in registry]
     if unknown:
         parser.error(f"not registered: {', '.join(unknown)} (python -m transfer.weights list)")
+    if args.command == "lock":
+        return write_lock(names or [n for n, e in registry.items() if (root / e.file).exists()], registry, root)
     if args.command == "check":
         bad = 0
         for name in names or list(registry):
@@ -364,6 +389,42 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"{name}: {path}")
+    return 0
+
+
+def write_lock(names: list[str], registry: dict[str, WeightsEntry], root: Path) -> int:
+    """``<root>/lock.yaml``: name, file, size, sha256 and source (url, or hub repo + the revision served) of each
+    file on this machine (checked against the registry's pins first). Fetch, check and every run then refuse a file
+    whose bytes differ, so a lab that commits its lock gets the same weights on every machine."""
+    import json
+
+    from transfer.fetch import origin_file, verify
+    from transfer.records import atomic_write_text
+
+    missing = [n for n in names if not (root / registry[n].file).exists()]
+    if missing:
+        print(f"error: not on this machine: {', '.join(missing)}; fetch first: python -m transfer.weights fetch "
+              f"{' '.join(missing)}", file=sys.stderr)
+        return 1
+    if not names:
+        print(f"error: no registered weights under {root} to lock", file=sys.stderr)
+        return 1
+    lock = load_lock(root)
+    for name in names:
+        entry, path = registry[name], root / registry[name].file
+        verify(path, entry, root, use_lock=False)
+        origin = json.loads(origin_file(path).read_text()) if origin_file(path).is_file() else {}
+        record = {"file": entry.file, "size": path.stat().st_size, "sha256": sha256sum(path)}
+        if entry.url:
+            record["url"] = entry.url
+        if entry.hf_repo:
+            record.update(hf_repo=entry.hf_repo, hf_file=entry.hf_file, revision=origin.get("revision") or entry.revision)
+        lock[name] = record
+        print(f"{name:<32} {record['sha256']}  {record['size']:,} bytes")
+    header = ("# Weights as this lab uses them, written by `python -m transfer.weights lock`: fetch, check and every\n"
+              "# run refuse a file whose sha256 differs. Commit it beside your experiments.\n")
+    atomic_write_text(root / LOCK_FILE, header + yaml.safe_dump(lock, sort_keys=True))
+    print(f"-> {root / LOCK_FILE}")
     return 0
 
 
