@@ -357,9 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_registry(args.registry)
     root = Path(args.root) if args.root else weights_dir()
     if args.command == "list":
+        lock = load_lock(root)
         for entry in registry.values():
-            pin = entry.sha256 or (f"{entry.sha256_prefix}… (prefix)" if entry.sha256_prefix else "-")
-            print(f"{entry.name:<32} {entry.file:<52} {pin}")
+            how = {"sha256": f"sha256 {entry.sha256}", "hub": "hub-stated sha256 at download",
+                   "lock": "your lab's lock"}.get(entry.verify or "", entry.sha256 or "-")
+            locked = " (locked)" if entry.name in lock else ""
+            print(f"{entry.name:<32} {entry.file:<52} {how}{locked}")
         return 0
     if args.command == "hash":
         for f in args.names:
