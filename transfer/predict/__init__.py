@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import track
 
     from datamodules.errors import DatasetError
-    from transfer.predict.inputs import AUDIO, NIFTI, discover
+    from transfer.predict.inputs import AUDIO, IMAGES, NIFTI, discover
     from transfer.predict.runs import RunError, launch_dir, load_model, read_run
 
     try:
@@ -119,15 +119,9 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     failures: dict[str, str] = {}
     inputs = _dicom_inputs(args.input, out, failures) if task == "segmentation" else args.input
+    suffixes = {"segmentation": (NIFTI, "NIfTI"), "deepfake": (AUDIO, "audio"), "classification": (IMAGES, "image")}
     try:
-        if task == "segmentation":
-            items = discover(inputs, NIFTI, "NIfTI")
-        elif task == "deepfake":
-            items = discover(inputs, AUDIO, "audio")
-        else:
-            from transfer.predict.images import IMAGE_SUFFIXES
-
-            items = discover(inputs, IMAGE_SUFFIXES, "image")
+        items = discover(inputs, *suffixes[task])
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from None
     if not items and not failures:
@@ -147,9 +141,8 @@ def run(args: argparse.Namespace) -> int:
             row = None if args.overwrite else predictor.kept(item, out, earlier)
             kept += row is not None
             table_rows.append(row if row is not None else predictor.predict(item, out))
-        except DatasetError as e:
+        except DatasetError as e:  # named at the end, the rest go on
             failures[str(item.path)] = str(e)
-            log.error("%s", e)
     table = predictor.table
     _write_csv(out / table, predictor.columns, sorted(table_rows, key=lambda r: r[predictor.key]))
     done = len(table_rows) - kept

@@ -11,7 +11,6 @@ from datamodules.domains import build_transforms
 from datamodules.errors import DatasetError
 from transfer.predict.inputs import Item
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PREDICTION_COLUMNS = ["file", "class", "probability"]
 
 

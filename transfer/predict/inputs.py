@@ -10,6 +10,7 @@ from datamodules.errors import DatasetError, read_json
 
 NIFTI = (".nii", ".nii.gz")
 AUDIO = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
+IMAGES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
