@@ -266,3 +266,20 @@ def test_landa_labels_images_through_its_clip(tmp_path):
     acc = np.mean([r["class"] == Path(r["file"]).parent.name for r in rows])
     row = [r for r in read_jsonl(tmp_path / "run" / "results.jsonl") if r["split"] == "test" and r["target"] == "infrared"]
     assert acc == pytest.approx(row[0]["metrics"]["acc"], abs=1e-6)
+
+
+def test_sfda_labels_images_with_its_adapted_model(tmp_path):
+    from test_sfda import TINY as SFDA
+
+    run(compose_config([*SFDA, "variants=null", "scenarios=null", "sweep=null", "model.strategy=ft"],
+                       tmp_path / "run", tmp_path / "cache"))
+    GlobalHydra.instance().clear()
+    from transfer.records import read_jsonl
+
+    test = [r for r in read_jsonl(tmp_path / "run" / "results.jsonl") if r["split"] == "test"]
+    target = test[0]["target"]
+    folder = sorted((tmp_path / "cache").glob(f"synthetic_domains-*/{target}"))[0]
+    assert predict([str(tmp_path / "run"), "-i", str(folder), "-o", str(tmp_path / "out")]) == 0
+    rows = _rows(tmp_path / "out" / "predictions.csv")
+    classes = {r["class"] for r in rows}
+    assert rows and classes <= set(__import__("json").loads((tmp_path / "run" / "data_summary.json").read_text())["classes"])
