@@ -166,7 +166,7 @@ def _predictor(task: str, folds, args, load_model, launch_dir):
     cfg = folds[0].cfg
     with launch_dir(folds[0].folder):
         datamodule = instantiate(cfg.data, _convert_="all")  # constructed only: its reading settings
-    models = [load_model(f, datamodule) for f in folds]
+    models = [load_model(f, datamodule, data_prepared=i > 0) for i, f in enumerate(folds)]
     if task == "segmentation":
         from transfer.predict.segmentation import SegmentationPredictor
 

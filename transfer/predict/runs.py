@@ -131,7 +131,7 @@ def launch_dir(folder: Path) -> Iterator[None]:
     yield
 
 
-def load_model(fold: Fold, datamodule):
+def load_model(fold: Fold, datamodule, data_prepared: bool = False):
     """The fold's LightningModule at its selected weights, in eval mode. ``datamodule``: the run's, constructed
     (not set up). A method with a cached stage (a toy's pre-training) runs its ``prepare`` first, as training did,
     and adapter-only checkpoints load onto that base; a method whose parts are sized by its data (LanDA's heads,
@@ -149,7 +149,8 @@ def load_model(fold: Fold, datamodule):
     with launch_dir(fold.folder):
         model = instantiate(plain_specs(fold.cfg.model), _convert_="all", **extra)
         if hasattr(model, "prepare"):
-            datamodule.prepare_data()
+            if not data_prepared:  # once per data module, not once per fold
+                datamodule.prepare_data()
             model.prepare(datamodule)
         if hasattr(model, "attach_data"):
             model.attach_data(datamodule)
