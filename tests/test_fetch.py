@@ -298,5 +298,5 @@ def test_fetch_experiment_lists_every_weight_it_needs():
     from transfer.weights import names_in_experiment
 
     assert set(names_in_experiment("modtr_flir")) == {"fcos_resnet50_fpn.coco", "resnet34.tv_in1k"}
-    assert names_in_experiment("moelora_asvspoof") == ["wav2vec2_xlsr_300m.fairseq"]
+    assert names_in_experiment("moelora_asvspoof") == ["wav2vec2_xlsr_300m.s3prl"]
     assert names_in_experiment("source_only_toy") == []

@@ -196,7 +196,7 @@ def test_moelora_asvspoof_as_shipped_stops_on_missing_weights(make_cfg):
     from hydra.utils import instantiate
 
     cfg = make_cfg("experiment=moelora_asvspoof")
-    with pytest.raises(Exception, match="wav2vec2_xlsr_300m.fairseq.*place the file at"):
+    with pytest.raises(Exception, match="wav2vec2_xlsr_300m.s3prl.*place the file at"):
         instantiate(cfg.model, _convert_="all")
     with pytest.raises(Exception, match="'xlsr_300m' is a pretrained model but no weights"):
         instantiate(make_cfg("experiment=moelora_asvspoof", "model.weights=null").model, _convert_="all")

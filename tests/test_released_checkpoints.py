@@ -60,13 +60,16 @@ def _optimizer_history():
              "lr_scheduler_state": {"best": np.float64(1.75), "warmup": np.int64(32000)}}]
 
 
-@pytest.mark.parametrize("form", ["namespace", "omegaconf"])
+@pytest.mark.parametrize("form", ["namespace", "omegaconf", "s3prl"])
 def test_fairseq_form_loads_bit_exactly_with_its_training_state(tmp_path, form):
     torch.manual_seed(0)
     src = create_wav2vec2("tiny")
     ckpt = {"model": fairseq_wav2vec2_state(src), "extra_state": _training_state(),
             "optimizer_history": _optimizer_history(), "last_optimizer_state": None}
-    if form == "namespace":
+    if form == "s3prl":  # s3prl's hub copy: the same tensors under model_weight, configs as plain dicts
+        ckpt = {"task_cfg": {"_name": "audio_pretraining", "sample_rate": 16000},
+                "model_cfg": {"_name": "wav2vec2", "encoder_layers": 2}, "model_weight": ckpt["model"]}
+    elif form == "namespace":
         ckpt["args"] = argparse.Namespace(arch="wav2vec2", encoder_layers=2, dropout=np.float64(0.1))
     else:
         ckpt["args"] = None
@@ -75,9 +78,16 @@ def test_fairseq_form_loads_bit_exactly_with_its_training_state(tmp_path, form):
     path = tmp_path / "xlsr2_tiny.pt"
     with _Module("fairseq.logging.meters", AverageMeter=AverageMeter):
         torch.save(ckpt, path)
-        with pytest.raises(pickle.UnpicklingError):  # what torch alone says: the wall users hit
-            torch.load(path, weights_only=True)
+        if form != "s3prl":  # plain dicts load under torch alone; the others hit this wall
+            with pytest.raises(pickle.UnpicklingError):
+                torch.load(path, weights_only=True)
         loaded = load_checkpoint_file(path)
+    model = create_wav2vec2("tiny", str(path))  # the weights path the shipped moelora_asvspoof uses
+    theirs, ours = src.state_dict(), model.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    if form == "s3prl":
+        assert loaded["model_cfg"]["encoder_layers"] == 2
+        return
     meter = loaded["extra_state"]["metrics"]["train"][0][1]
     assert isinstance(meter, Inert) and meter.qualified_name == "fairseq.logging.meters.AverageMeter"
     assert meter.state == {"val": 0.5, "sum": 12.0, "count": 24}  # its data kept, its class never imported
@@ -88,9 +98,6 @@ def test_fairseq_form_loads_bit_exactly_with_its_training_state(tmp_path, form):
         assert isinstance(loaded["cfg"], DictConfig) and loaded["cfg"].optimization.max_update == 400000
     else:
         assert loaded["args"].encoder_layers == 2
-    model = create_wav2vec2("tiny", str(path))  # the weights path the shipped moelora_asvspoof uses
-    theirs, ours = src.state_dict(), model.state_dict()
-    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
 
 
 def test_a_file_that_runs_a_command_when_loaded_never_runs_it(tmp_path):

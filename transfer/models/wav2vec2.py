@@ -79,14 +79,17 @@ def _weight_norm_names(state: dict, own: dict) -> dict:
 
 def load_weights_file(path) -> dict[str, torch.Tensor]:
     """The wav2vec2 tensors of a file: safetensors, a plain state dict, or a checkpoint as fairseq writes it (the
-    tensors under ``model`` next to ``args`` or ``cfg``, in fairseq's names, mapped to torchaudio's)."""
+    tensors under ``model`` next to ``args`` or ``cfg``, or s3prl's copy of it with them under ``model_weight``, in
+    fairseq's names, mapped to torchaudio's)."""
     from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
     if str(path).endswith(".safetensors"):
         return load_state_dict(path)
     ckpt = load_checkpoint_file(path, "wav2vec2 weights")
-    if isinstance(ckpt, dict) and "model" in ckpt and ("args" in ckpt or "cfg" in ckpt):
-        state = state_dict_of(ckpt["model"], path)
+    fairseq_key = next((k for k, cfg in (("model", ("args", "cfg")), ("model_weight", ("model_cfg",)))
+                        if isinstance(ckpt, dict) and k in ckpt and any(c in ckpt for c in cfg)), None)
+    if fairseq_key:
+        state = state_dict_of(ckpt[fairseq_key], path)
         return _convert_state_dict({k.removeprefix("w2v_encoder.w2v_model."): v for k, v in state.items()})
     return state_dict_of(ckpt, path)
 
