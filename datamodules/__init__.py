@@ -1,8 +1,20 @@
-"""Shared Lightning data modules and readers of the real dataset formats (never imports ``transfer``)."""
+"""Shared Lightning data modules and readers of the real dataset formats (never imports ``transfer``).
 
-from .detection import PairedDetectionDataModule, read_coco_json, read_voc_xml
-from .fewshot import FewShotTargetDataModule
-from .domains import DESCRIPTORS, DatasetError, DomainDataModule, read_list_file, sample_shots
+The names below load on first use, so that a light module (``datamodules.files``, ``datamodules.errors``) can be
+imported without Lightning."""
 
-__all__ = ["DESCRIPTORS", "DatasetError", "DomainDataModule", "FewShotTargetDataModule", "PairedDetectionDataModule", "read_coco_json",
-           "read_list_file", "read_voc_xml", "sample_shots"]
+from importlib import import_module
+
+_WHERE = {
+    "PairedDetectionDataModule": "detection", "read_coco_json": "detection", "read_voc_xml": "detection",
+    "FewShotTargetDataModule": "fewshot",
+    "DESCRIPTORS": "domains", "DatasetError": "domains", "DomainDataModule": "domains", "read_list_file": "domains",
+    "sample_shots": "domains",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'datamodules' has no attribute '{name}'")

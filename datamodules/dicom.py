@@ -302,7 +302,7 @@ def import_dicom(src: str | Path, out: str | Path, labels: Mapping[str, str | Pa
                            f"SeriesInstanceUID or case id")
     doc = {"name": Path(src).name, "description": f"imported from DICOM {src} by python -m transfer.data import-dicom",
            "modality": sorted({e["modality"] for e in report.imported}), "training": training, "test": test}
-    from .volumes import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(out / "dataset.json", json.dumps(doc, indent=1) + "\n")
     return report

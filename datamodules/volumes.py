@@ -9,14 +9,10 @@ set, the other folds are the training set.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import lightning as L
 import nibabel as nib
@@ -26,6 +22,7 @@ from monai import transforms as T
 from monai.data import CacheDataset, DataLoader
 
 from .errors import DatasetError, read_json
+from .files import atomic_path, atomic_write_text, sha256_file
 from .samplers import SeededTrainData, eval_loader
 from .summary import DataSummary
 
@@ -88,7 +85,7 @@ def read_folds(path: str | Path, cases: Sequence[dict] | None = None, datalist: 
     folds = {k: int(v) for k, v in data["folds"].items()}
     if datalist is not None:
         want = data.get("datalist_sha256")
-        have = hashlib.sha256(Path(datalist).read_bytes()).hexdigest()
+        have = sha256_file(datalist)
         if want is None:
             (summary or DataSummary()).note(f"{path}: no datalist checksum in the fold file; cannot verify it was made "
                                             f"from {datalist}")
@@ -155,36 +152,15 @@ def write_folds(path: str | Path, datalist: str | Path, folds: dict[str, int], k
                 stratify: str | None, cases: Sequence[dict]) -> None:
     """The fold file: folds per case and per patient, how they were made, and the datalist's checksum."""
     doc = {"k": k, "seed": seed, "stratify": stratify or "none", "datalist": str(datalist),
-           "datalist_sha256": hashlib.sha256(Path(datalist).read_bytes()).hexdigest(),
+           "datalist_sha256": sha256_file(datalist),
            "patients": {c["patient_id"]: folds[c["case_id"]] for c in cases}, "folds": folds}
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
-
-
-@contextlib.contextmanager
-def _atomic(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path beside ``path`` (ending in ``suffix``), renamed onto it when the block succeeds and removed
-    when it fails: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(text)
 
 
 def save_nifti(image: nib.Nifti1Image, path: str | Path) -> None:
     """``nibabel.save`` through a temporary file (same extension, so ``.nii.gz`` is compressed) and a rename."""
     suffix = "".join(Path(path).suffixes[-2:]) if str(path).endswith(".nii.gz") else Path(path).suffix
-    with _atomic(path, suffix) as tmp:
+    with atomic_path(path, suffix) as tmp:
         nib.save(image, tmp)
 
 

@@ -15,20 +15,20 @@ from transfer.folds import main as folds_main
 def _check(tmp_path, experiment, data_dir, *overrides):
     cfg = compose_config([f"experiment={experiment}", f"paths.data_dir={data_dir}", *overrides],
                          tmp_path / "run", tmp_path / "cache")
-    summary = check(cfg)
+    summary = check(cfg, tmp_path / "run" / "data_summary.json")
     assert json.loads((tmp_path / "run" / "data_summary.json").read_text())["splits"] == summary["splits"]
     return summary
 
 
-@pytest.mark.parametrize("experiment", ["source_only_officehome", "sfda_source_office_home_Art",
-                                        "sfda_office_home_Art_Clipart", "landa_officehome_Clipart"])
+@pytest.mark.parametrize("experiment", ["source_only_office_home", "sfda_source_office_home_Art",
+                                        "sfda_office_home_Art_Clipart", "landa_office_home_Clipart"])
 def test_officehome_families(tmp_path, experiment):
     data = tmp_path / "data"
     rf.office_home_tllib(data)
     if experiment.startswith("sfda_office"):  # the few-shot protocol needs every class in the target domain
         from datamodules.catalogue import OFFICEHOME_TLLIB_ORDER
         rf.office_home_tllib(data, classes={c: i for i, c in enumerate(OFFICEHOME_TLLIB_ORDER)}, domains=["Clipart"])
-    overrides = {"sfda_office_home_Art_Clipart": [], "landa_officehome_Clipart": ["data.domains.val_ratio=0.2"]}
+    overrides = {"sfda_office_home_Art_Clipart": [], "landa_office_home_Clipart": ["data.domains.val_ratio=0.2"]}
     s = _check(tmp_path, experiment, data, *overrides.get(experiment, ["data.val_ratio=0.2"]))
     assert s["classes"][0] == "Drill" and s["classes"][33] == "Alarm_Clock" and s["classes"][56] == "TV"
     assert s["layout"].startswith("TLlib image_list")
@@ -85,11 +85,11 @@ def test_moelora_asvspoof_family(tmp_path):
 
 def test_check_cli_on_a_toy_prints_and_writes(tmp_path, monkeypatch):
     res = cli("transfer.data", "check", "experiment=source_only_toy", "data.per_class=4", "data.size=8",
-              "data.val_ratio=0.25", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
-              cwd=tmp_path)
+              "data.val_ratio=0.25", f"paths.cache_dir={tmp_path / 'cache'}", "--out", "summary.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "train                  photo=15, painting=15" in res.stdout and "0:circle" in res.stdout
-    assert json.loads((tmp_path / "run" / "data_summary.json").read_text())["classes"][0] == "circle"
+    assert json.loads((tmp_path / "summary.json").read_text())["classes"][0] == "circle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "summary.json"]  # no run folder
     from transfer.data import main
 
     monkeypatch.setattr(sys, "argv", ["transfer.data", "experiment=source_only_toy"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from transfer import fetch as fetch_mod
+from transfer.weights import fetch as fetch_mod
 from transfer.weights import WeightsError, load_registry, resolve
 
 PAYLOAD = b"weights!" * 40000  # 320 kB
@@ -194,7 +194,7 @@ def test_hub_entries_are_checked_against_the_sha256_the_hub_states(tmp_path, hub
 
 
 def test_lock_is_written_then_enforced(tmp_path, server, capsys):
-    from transfer.weights import main
+    from transfer.weights.__main__ import main
 
     base, handler = server
     handler.files["/models/tiny.pth"] = PAYLOAD
@@ -236,7 +236,7 @@ def test_every_registry_entry_is_pinned_or_verified_at_download():
 
 
 def test_check_reports_each_entry(tmp_path, server, capsys):
-    from transfer.weights import main
+    from transfer.weights.__main__ import main
 
     base, handler = server
     handler.files["/models/tiny.pth"] = PAYLOAD
@@ -295,7 +295,7 @@ def test_fetch_on_first_use_in_a_run(tmp_path, server, monkeypatch, make_cfg):
 
 
 def test_fetch_experiment_lists_every_weight_it_needs():
-    from transfer.weights import names_in_experiment
+    from transfer.weights.__main__ import names_in_experiment
 
     assert set(names_in_experiment("modtr_flir")) == {"fcos_resnet50_fpn.coco", "resnet34.tv_in1k"}
     assert names_in_experiment("moelora_asvspoof") == ["wav2vec2_xlsr_300m.s3prl"]

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from real_fixtures import fairseq_wav2vec2_state
 from transfer.models.wav2vec2 import create_wav2vec2
-from transfer.weights import CheckpointFileError, Inert, WeightsError, load_checkpoint_file, load_state_dict
+from transfer.safeload import CheckpointFileError, Inert, load_checkpoint_file, load_state_dict
 
 
 class _Module:
@@ -134,5 +134,5 @@ def test_a_pickled_whole_model_is_named_not_loaded(tmp_path):
 
     with _Module("their_project.models", Net=Net):
         torch.save(Net(), tmp_path / "net.pt")
-        with pytest.raises(WeightsError, match=r"pickles a whole their_project\.models\.Net object, not a state dict"):
+        with pytest.raises(CheckpointFileError, match=r"pickles a whole their_project\.models\.Net object, not a state dict"):
             load_state_dict(tmp_path / "net.pt")

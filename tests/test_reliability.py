@@ -14,9 +14,10 @@ import torch
 
 from conftest import TINY
 from transfer.checkpoints import AtomicCheckpointIO
-from transfer.records import append_jsonl, atomic_write_text, read_jsonl
+from datamodules.files import atomic_write_text
+from transfer.records import append_jsonl, read_jsonl
 from transfer.stages import cached_stage
-from transfer.weights import CheckpointFileError, load_checkpoint_file
+from transfer.safeload import CheckpointFileError, load_checkpoint_file
 
 TESTS = Path(__file__).resolve().parent
 
@@ -42,6 +43,10 @@ def _test_rows(run_dir: Path) -> list:
 def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
     full = _toy(tmp_path, "full", offline=True)  # this one also runs with the network cut off
     assert full.returncode == 0, full.stderr[-2000:]
+    # what a person reads: the run folder first and last, no adverts, no known-harmless deprecation warnings
+    lines = full.stdout.splitlines()
+    assert lines[0] == f"run folder: {tmp_path / 'full'}" and lines[-1].startswith(f"run folder: {tmp_path / 'full'}  (")
+    assert "Tip:" not in full.stdout + full.stderr and "LeafSpec" not in full.stderr
     killed = _toy(tmp_path, "killed", "+callbacks.kill._target_=kill_helpers.SignalAtEpoch", "+callbacks.kill.epoch=1")
     assert killed.returncode == -9  # SIGKILL right after epoch 1's checkpoint: nothing else ran
     assert not (tmp_path / "killed" / "results.jsonl").exists()

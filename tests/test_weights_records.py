@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from transfer.models import create_classifier
+from transfer.models.backbones import create_classifier
 from transfer.records import append_jsonl, git_commit, read_jsonl
-from transfer.weights import WeightsEntry, WeightsError, load_registry, load_state_dict, resolve, sha256sum
+from transfer.weights import WeightsEntry, WeightsError, load_registry, resolve, sha256sum
+from transfer.safeload import load_state_dict
 
 
 def test_missing_weights_name_the_file_to_place_and_checksum(tmp_path):

@@ -10,8 +10,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from transfer.adapters import adapter_state_dict
 from transfer.models.registry import state_dict_fit
-from transfer.stages import atomic_path
-from transfer.weights import CheckpointFileError, load_checkpoint_file
+from datamodules.files import atomic_path
+from transfer.safeload import CheckpointFileError, load_checkpoint_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -17,7 +17,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from transfer.records import atomic_write_text, read_jsonl
+from datamodules.files import atomic_write_text
+from transfer.records import read_jsonl
 
 # Metrics a method computes without target labels: the only ones a non-oracle selection may choose by.
 LABEL_FREE_METRICS = {"snd", "entropy", "im_loss"}

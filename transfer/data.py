@@ -1,10 +1,12 @@
-"""``python -m transfer.data check experiment=NAME [overrides]``: what an experiment would read, before any GPU hour.
-``python -m transfer.data import-dicom SRC OUT``: DICOM series as NIfTI volumes and a datalist (see :func:`import_main`).
+"""``python -m transfer.data check experiment=NAME [overrides] [--out FILE]``: what an experiment would read, before
+any GPU hour. ``python -m transfer.data import-dicom SRC OUT``: DICOM series as NIfTI volumes and a datalist (see
+:func:`import_main`).
 
-Runs only the experiment's data setup (no model, no weights; a CLIP-embedding module is checked through the image
-domains it wraps), prints the layout found, counts per split, the class names in label order, items dropped by
-reason, the comparison with the release's published counts and every fallback taken, and writes the same as
-``data_summary.json`` in the run folder. Every training run writes that file beside its ``results.jsonl``.
+``check`` runs only the experiment's data setup (no model, no weights; a CLIP-embedding module is checked through
+the image domains it wraps) and prints the layout found, counts per split, the class names in label order, items
+dropped by reason, the comparison with the release's published counts and every fallback taken; ``--out FILE``
+writes the same as JSON. It creates no run folder. Every training run writes that file (``data_summary.json``)
+beside its ``results.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from transfer import experiments
-from transfer.records import atomic_write_text
+from datamodules.files import atomic_write_text
 
 experiments.register()
 
@@ -62,7 +63,8 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check(cfg: DictConfig) -> dict[str, Any]:
+def check(cfg: DictConfig, out: str | Path | None = None) -> dict[str, Any]:
+    """The data summary of ``cfg``'s data module, printed, and written to ``out`` when given."""
     dm = data_only(cfg)
     if getattr(dm, "fold", None) == "all":  # every fold's size is in the summary; the split shown is fold 0's
         dm.fold = 0
@@ -71,15 +73,42 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     summary = summary_of(dm)
     if summary is None:
         raise SystemExit(f"{type(dm).__name__} has no data_summary(): nothing to report")
-    out = Path(cfg.paths.output_dir) / "data_summary.json"
-    write_summary(dm, out)
-    print(f"{cfg.experiment_name}: {type(dm).__name__}\n{format_summary(summary)}\n-> {out}")
+    if out:
+        write_summary(dm, out)
+    print(f"{cfg.experiment_name}: {type(dm).__name__}\n{format_summary(summary)}" + (f"\n-> {out}" if out else ""))
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def _main(cfg: DictConfig) -> None:
-    check(cfg)
+def compose_cli(overrides: list[str]) -> DictConfig:
+    """The config ``python -m transfer.train`` would run with these overrides, composed without a run folder; a
+    config error ends the command with its message (exit 2)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_main(argv: list[str]) -> int:
+    from transfer.preflight import expected_errors, stop_if_missing
+
+    out = None
+    if "--out" in argv:
+        i = argv.index("--out")
+        if i + 1 >= len(argv):
+            raise SystemExit("--out needs a file name, e.g. --out data_summary.json")
+        out = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    cfg = compose_cli(argv)
+    stop_if_missing(cfg, str(cfg.experiment_name), argv, weights=False)
+    with expected_errors():
+        check(cfg, out)
+    return 0
 
 
 def import_main(argv: list[str]) -> int:
@@ -128,7 +157,7 @@ def import_main(argv: list[str]) -> int:
     return 1 if report.refused else 0
 
 
-USAGE = ("usage: python -m transfer.data check experiment=NAME [overrides]\n"
+USAGE = ("usage: python -m transfer.data check experiment=NAME [overrides] [--out FILE]\n"
          "       python -m transfer.data import-dicom SRC OUT [--label SERIES=FILE] [--min-slices N] [--resample-tilt]")
 
 
@@ -137,8 +166,7 @@ def main() -> None:
         raise SystemExit(import_main(sys.argv[2:]))
     if len(sys.argv) < 2 or sys.argv[1] != "check":
         raise SystemExit(USAGE)
-    del sys.argv[1]
-    _main()
+    raise SystemExit(check_main(sys.argv[2:]))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from datamodules.detection import IMAGE_EXTENSIONS, load_image
 from datamodules.errors import DatasetError
-from transfer.models.detectors import TorchvisionDetector, create_detector
+from transfer.models import create_model
+from transfer.models.detectors import TorchvisionDetector
 from transfer.predict.inputs import discover
-from transfer.records import atomic_write_text
+from datamodules.files import atomic_write_text
 
 
 def detections_to_coco(files: list[Path], preds: list[dict], min_score: float = 0.0, first_id: int = 0) -> list[dict]:
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.images}: no such file or folder")
 
     kwargs = {"size": 64} if args.detector == "tiny_fcos" else {}
-    detector = TorchvisionDetector(create_detector(args.detector, args.detector_weights, args.num_classes, **kwargs))
+    detector = TorchvisionDetector(create_model(f"detector/{args.detector}", weights=args.detector_weights,
+                                                 num_classes=args.num_classes, **kwargs))
     service = DetectionService(detector, args.detector)
     if args.modality != "rgb":
         if args.translator is None:

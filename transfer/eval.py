@@ -6,17 +6,17 @@ import hydra
 from omegaconf import DictConfig
 
 from transfer import experiments
-from transfer.runner import run
+from transfer.preflight import expected_errors
 
 experiments.register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    if not cfg.get("ckpt_path"):
-        raise SystemExit("python -m transfer.eval needs ckpt_path=PATH (the checkpoint to evaluate); without it the "
-                         "model would be scored at its initial weights")
-    run(cfg)
+    from transfer.runner import run  # after the preflight: a command that stops there returns in seconds
+
+    with expected_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

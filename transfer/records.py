@@ -8,20 +8,12 @@ rows that all look alike, whatever the method.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from transfer.stages import atomic_path, file_lock
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename, so readers never see half a file (the file's
-    mode follows the umask, like any file the user creates)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+from datamodules.files import append_locked, atomic_write_text, file_lock
 
 
 def append_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]], replace: Sequence[str] | None = None) -> None:
@@ -39,12 +31,7 @@ def append_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]], replace: S
             if len(kept) != len(old):
                 atomic_write_text(path, "".join(kept) + "".join(new))
                 return
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, "".join(new).encode())  # one write per call: whole lines, never interleaved
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_locked(path, "".join(new))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

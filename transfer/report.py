@@ -18,7 +18,8 @@ from typing import Sequence
 from transfer.metrics.clinical import DEFAULT_BINS, bin_label, cases_from_csv, regression, summarize
 import yaml
 
-from transfer.records import atomic_write_text, read_jsonl
+from datamodules.files import atomic_write_text
+from transfer.records import read_jsonl
 
 
 def _run_name(folder: Path, root: Path) -> str:
@@ -113,12 +114,13 @@ def _plots(methods: dict[str, list], bin_names: list[str], out: Path) -> None:
     for j, (name, cases) in enumerate(methods.items()):
         data = [[c.dice for c in cases if c.volume_bin == b] or [float("nan")] for b in bin_names]
         pos = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(bin_names))]
-        bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, manage_ticks=False)
+        bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, manage_ticks=False,
+                        medianprops={"color": "black", "linewidth": 1.5})  # the default median colour is C1's
         for patch in bp["boxes"]:
             patch.set_facecolor(f"C{j}")
         ax.plot([], [], color=f"C{j}", label=name, linewidth=6)
     ax.set_xticks(range(len(bin_names)), bin_names)
-    _save(fig, ax, "true lesion volume", "Dice", out / "dice_by_volume.png")
+    _save(fig, ax, "true lesion volume (mL)", "Dice", out / "dice_by_volume.png")
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     top = max(max(c.true_ml, c.pred_ml) for cases in methods.values() for c in cases)
     for j, (name, cases) in enumerate(methods.items()):

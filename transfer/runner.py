@@ -8,10 +8,12 @@ import re
 from pathlib import Path
 
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transfer.collect import write_tables
-from transfer.records import atomic_write_text
+from transfer.collect import print_comparison, write_tables
+from transfer.preflight import prefetch
+from datamodules.files import atomic_write_text
 from transfer.single_run import run_one
 
 log = logging.getLogger("transfer")
@@ -69,10 +71,26 @@ def apply_overrides(cfg: DictConfig, dotlist: list[str]) -> DictConfig:
 def run(cfg: DictConfig) -> list[dict]:
     """One run, or each variant in turn (baselines beside a method; ``scenarios`` x ``variants``), each over
     the ``sweep`` values (e.g. shot seeds); then a comparison, mean +- std over the sweep."""
+    out = Path(cfg.paths.output_dir)
+    prefetch(cfg)  # weights.fetch=true: every missing registered file, before anything is built
+    say(f"run folder: {out}")
+    rows = _run(cfg, out)
+    say(f"\nrun folder: {out}  (results.jsonl: every row; data_summary.json: what was read; checkpoints/)")
+    return rows
+
+
+def say(text: str) -> None:
+    if rank_zero_only.rank == 0:
+        print(text, flush=True)
+
+
+def _run(cfg: DictConfig, out: Path) -> list[dict]:
     overrides = variant_overrides(cfg)
     if not overrides:
-        return run_sweep(cfg)
-    out = Path(cfg.paths.output_dir)
+        rows = run_sweep(cfg)
+        if len({(r.get("sweep_point"), r.get("fold")) for r in rows}) > 1 and rank_zero_only.rank == 0:
+            print_comparison(rows, cfg.get("report_metrics"))  # mean +- std over the sweep points and folds
+        return rows
     results_file = str(cfg.paths.results_file)
     rows = []
     for name, dotlist in overrides.items():

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer.checkpoints import AtomicCheckpointIO
 from transfer.data import write_summary
-from transfer.fetch import fetch_on_first_use
 from transfer.optim import plain_specs
-from transfer.records import append_jsonl, atomic_write_text, git_commit, rows_from_metrics
+from transfer.quiet import quiet_third_party
+from datamodules.files import atomic_write_text
+from transfer.records import append_jsonl, git_commit, rows_from_metrics
 
 log = logging.getLogger("transfer")
 
@@ -46,6 +47,7 @@ def _instantiate_group(node: DictConfig | None) -> list[Any]:
 
 def build(cfg: DictConfig):
     """Instantiate the datamodule, the method, and the Trainer (with callbacks and loggers)."""
+    quiet_third_party()
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -144,11 +146,7 @@ def _resume_command(cfg: DictConfig, ckpt: Path) -> str:
 
 
 def run_one(cfg: DictConfig) -> list[dict]:
-    with fetch_on_first_use(bool(cfg.get("weights", {}).get("fetch"))):  # weights.fetch=true: download what is missing
-        return _run_one(_continue_in_checkpoint_run(cfg))
-
-
-def _run_one(cfg: DictConfig) -> list[dict]:
+    cfg = _continue_in_checkpoint_run(cfg)
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and HydraConfig.initialized():
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

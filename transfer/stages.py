@@ -9,19 +9,17 @@ trains with) and a Lightning stage trains with ``stage_trainer`` (the run's devi
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib
-import json
-import os
 import random
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+
+from datamodules.files import atomic_path, content_key, file_lock
 
 
 @contextmanager
@@ -40,7 +38,7 @@ def rng_preserved() -> Iterator[None]:
 
 def stage_key(settings: Mapping) -> str:
     """A short stable hash of the settings that decide a stage's output."""
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return content_key(settings, 12)
 
 
 def code_version(*modules: str) -> str:
@@ -61,44 +59,6 @@ def stage_file(cache_dir: str | Path, name: str, settings: Mapping, code: tuple[
     settings = {k: v for k, v in settings.items() if k != "cache_dir"}
     key = stage_key({"settings": settings, "code": code_version(*code), "device": stage_device(run)})
     return Path(cache_dir) / f"{name}-{key}.safetensors"
-
-
-@contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive advisory lock on the hidden file ``.<name>.lock`` beside ``path`` (blocks until it is free)."""
-    path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A unique temporary path beside ``path``; renamed to ``path`` when the block succeeds, removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:

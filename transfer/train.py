@@ -9,14 +9,17 @@ import hydra
 from omegaconf import DictConfig
 
 from transfer import experiments
-from transfer.runner import run
+from transfer.preflight import expected_errors
 
 experiments.register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    from transfer.runner import run  # after the preflight: a command that stops there returns in seconds
+
+    with expected_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,9 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..files import content_key, publish
+
 
 def cache_key(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return content_key(settings, 10)
 
 
 @contextmanager
@@ -26,8 +27,8 @@ def build_once(root: Path, meta: dict) -> Iterator[Path]:
         yield tmp
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
-            os.replace(tmp, root)
-        except OSError:
+            publish(tmp, root)
+        except OSError:  # a concurrent builder's folder is there already
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

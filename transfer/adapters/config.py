@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-#: neutral parameterisations (see ../shared/specs/adapters_sah.md §2)
+#: neutral parameterisations: low rank on the out x (in*k^d) unfolding of the kernel (LoRA-C, Ding et al., arXiv
+#: 2410.16954), on loralib's (out*k^(d-1)) x (in*k) reshape (ConvLoRA, microsoft/LoRA loralib), and a CP
+#: decomposition of the kernel (CP-LoRA, the SAH LoRA-Unet study, arXiv 2508.01772); DoRA (Liu et al., ICML 2024)
+#: on top of each
 KINDS = ("unfold_lora", "reshape_lora", "cp_lora")
 
 #: paper name -> (kind, dora). LoRA-C = low rank on the out x (in*k^d) unfolding and convLoRA = the loralib

@@ -8,13 +8,13 @@ settings or base weight shapes differ from the model's, naming the module.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+
+from datamodules.files import atomic_path, atomic_write_text
 
 from .config import AdapterConfig
 from .inject import _set, adapter_layers, mark_trainable
@@ -52,15 +52,9 @@ def save_adapters(model: nn.Module, folder: str | Path, config: AdapterConfig | 
     meta = {"format": FORMAT, "config": config.to_dict() if config else None,
             "modules": {n: _layer_spec(layer) for n, layer in layers.items()}}
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{TENSORS}.", suffix=".tmp")  # unique: no two writers share it
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"transfer": json.dumps(meta)})
-        os.replace(tmp, folder / TENSORS)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    (folder / CONFIG).write_text(json.dumps(meta, indent=1))
+    with atomic_path(folder / TENSORS) as tmp:  # unique: no two writers share it
+        save_file(tensors, str(tmp), metadata={"transfer": json.dumps(meta)})
+    atomic_write_text(folder / CONFIG, json.dumps(meta, indent=1))
     return folder
 
 

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from transfer.records import atomic_write_text
+from datamodules.files import atomic_write_text
 
 
 class ScoreError(ValueError):
@@ -94,9 +94,12 @@ def plot_det(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path
         frr, far, _ = det_curve(bona, spoof)
         eer, _ = compute_eer(bona, spoof)
         ax.plot(clip(far), clip(frr), label=f"{name} (EER {100 * eer:.1f} %)")
-    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8])
-    ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
-    ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 0.999])  # labelled over the whole clipped range
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_ticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_xlim(clip(0) - 0.1, clip(1) + 0.1)
+    ax.set_ylim(clip(0) - 0.1, clip(1) + 0.1)
+    ax.grid(alpha=0.3)
     ax.set_xlabel("false acceptance rate (%)")
     ax.set_ylabel("false rejection rate (%)")
     ax.legend(fontsize=7)

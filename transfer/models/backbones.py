@@ -11,7 +11,8 @@ import torchvision
 from torch import nn
 
 from transfer.models.registry import register_family
-from transfer.weights import WeightsError, load_state_dict, resolve
+from transfer.weights import WeightsError, resolve
+from transfer.safeload import load_state_dict
 from transfer.statedict import state_dict_fit
 
 log = logging.getLogger("transfer")
@@ -75,6 +76,13 @@ def _head_keys(model: nn.Module) -> set[str]:
         {f"{n}.{k}" for n, m in model.named_modules() if id(m) in ids for k, _ in m.named_buffers(recurse=False)}
 
 
+def _classifier_names(pattern: str) -> list[str]:
+    """timm names (with or without a pretrained tag) and torchvision names as ``tv:<name>``."""
+    tv = [f"tv:{n}" for n in torchvision.models.list_models() if fnmatch.fnmatch(f"tv:{n}", pattern)]
+    return sorted({*timm.list_models(pattern), *timm.list_models(pattern, pretrained=True), *tv})
+
+
+@register_family("classifier", _classifier_names, open_ended=True)
 def create_classifier(name: str, num_classes: int, pretrained: bool | str | None = None, **kwargs) -> nn.Module:
     """``name`` is a timm or torchvision model name; ``pretrained`` is False, True (registry entry
     named like the model) or a registered weights name / file path."""
@@ -83,13 +91,6 @@ def create_classifier(name: str, num_classes: int, pretrained: bool | str | None
         load_pretrained(model, name if pretrained is True else str(pretrained))
     return model
 
-
-def _classifier_names(pattern: str) -> list[str]:
-    tv = (f"tv:{n}" for n in torchvision.models.list_models() if fnmatch.fnmatch(n, pattern))
-    return sorted({*timm.list_models(pattern), *tv})
-
-
-register_family("classifier", create_classifier, _classifier_names)
 
 
 @torch.no_grad()

@@ -14,7 +14,9 @@ import open_clip
 import torch
 from torch import nn
 
-from transfer.weights import load_state_dict, resolve
+from transfer.weights import resolve
+
+from transfer.safeload import load_state_dict
 from transfer.statedict import state_dict_fit
 
 open_clip.add_model_config(Path(__file__).with_name("clip_configs"))

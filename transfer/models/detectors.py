@@ -22,8 +22,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from transfer.models.registry import register_model, state_dict_fit
-from transfer.weights import load_state_dict, random_init_requested, resolve
+from transfer.models.registry import names_from, register_family, state_dict_fit
+from transfer.weights import random_init_requested, resolve
+from transfer.safeload import load_state_dict
 
 TORCHVISION = {
     "fcos": torchvision.models.detection.fcos_resnet50_fpn,
@@ -88,6 +89,7 @@ def _torchvision(build):
 ARCHITECTURES = {**{name: _torchvision(build) for name, build in TORCHVISION.items()}, "tiny_fcos": tiny_fcos}
 
 
+@register_family("detector", names_from(ARCHITECTURES))
 def create_detector(name: str, weights: str | None = None, num_classes: int = 91, **kwargs: Any) -> nn.Module:
     """``name``: fcos | retinanet | fasterrcnn (ResNet-50 FPN, COCO head of 91 classes) | tiny_fcos.
     ``weights``: a registered name (e.g. ``fcos_resnet50_fpn.coco``) or a file, never downloaded; ``random`` for a
@@ -289,6 +291,3 @@ class TorchvisionDetector(nn.Module):
     def weights_hash(self) -> str:
         return weights_hash(self.detector)
 
-
-for _name in ARCHITECTURES:
-    register_model(f"detector/{_name}")(lambda _n=_name, **kw: create_detector(_n, **kw))

@@ -1,4 +1,5 @@
-"""Image-to-image translators for ModTr: a UNet on a timm encoder, a tiny UNet, and the fusions.
+"""Image-to-image translators for ModTr: a UNet on a timm encoder, a tiny UNet, the fusions, and the non-learned
+baselines (identity, histogram equalisation).
 
 A translator maps an IR image in [0,1] (1 channel, repeated to 3) to a 3-channel image in [0,1]
 (sigmoid), which is fused with the input: ``none`` x̂ = t, ``mul`` x̂ = clip(x ⊙ t) (ModTr⊙),
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transfer.models.registry import register_model
-from transfer.weights import load_state_dict, resolve
+from transfer.models.registry import names_from, register_family
+from transfer.weights import resolve
+from transfer.safeload import load_state_dict
 
 ENCODER_ALIASES = {"mobilenet_v2": "mobilenetv2_100", "mobilenet_v3_small": "mobilenetv3_small_100"}
 FUSIONS = ("none", "mul", "add", "attn")
@@ -122,14 +124,40 @@ class ModalityTranslator(nn.Module):
         return fuse(x3, t, self.fusion)
 
 
+class IdentityTranslator(nn.Module):
+    """Feeds the image as it is (1 channel repeated to 3)."""
+
+    fusion = "identity"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class HistEqTranslator(nn.Module):
+    """Per-image histogram equalisation of the (grey) input over 256 levels, repeated to 3 channels."""
+
+    fusion = "histeq"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.mean(1) if x.shape[1] > 1 else x[:, 0]
+        levels = (grey.clamp(0, 1) * 255).round().long().flatten(1)  # [B, HW]
+        hist = torch.zeros(levels.shape[0], 256, device=x.device).scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float))
+        cdf = hist.cumsum(1)
+        cdf_min = cdf.gather(1, levels.min(1, keepdim=True).values)
+        lut = ((cdf - cdf_min) / (cdf[:, -1:] - cdf_min).clamp_min(1)).clamp(0, 1)
+        out = lut.gather(1, levels).view_as(grey)
+        return out[:, None].expand(-1, 3, -1, -1)
+
+
+@register_family("translator", names_from(("unet", "tiny_unet", "identity", "histeq")))
 def create_translator(name: str = "unet", encoder: str = "resnet34", pretrained: str | None = None,
-                      fusion: str = "mul", **kwargs) -> ModalityTranslator:
-    """``name``: ``unet`` (timm encoder) or ``tiny_unet``."""
+                      fusion: str = "mul", **kwargs) -> nn.Module:
+    """``name``: ``unet`` (timm encoder), ``tiny_unet``, or a non-learned baseline: ``identity`` (zero-shot and
+    fine-tuning) or ``histeq`` (the ModTr paper's no-learning row)."""
+    if name in ("identity", "histeq"):
+        return IdentityTranslator() if name == "identity" else HistEqTranslator()
     nets = {"tiny_unet": lambda: TinyUNet(**kwargs), "unet": lambda: EncoderUNet(encoder, pretrained, **kwargs)}
     if name not in nets:
-        raise ValueError(f"unknown translator '{name}'; use {' or '.join(nets)}")
+        raise ValueError(f"unknown translator '{name}'; use unet, tiny_unet, identity or histeq")
     return ModalityTranslator(nets[name](), fusion)
 
-
-for _name in ("unet", "tiny_unet"):
-    register_model(f"translator/{_name}")(lambda _n=_name, **kw: create_translator(_n, **kw))

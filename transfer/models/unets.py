@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from transfer.models.registry import register_model
+from transfer.models.registry import names_from, register_family
 
 GROUPS = ("shallow", "encoding", "deep", "decoding")
 
@@ -125,6 +125,7 @@ def forward_any_size(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y[(..., *(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial)))]
 
 
+@register_family("segmentation", names_from(("unet", "mv")))
 def create_segmentation_net(name: str = "unet", spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1,
                             channels: Sequence[int] = (8, 16, 32), strides: Sequence[int] = (2, 2),
                             num_res_units: int = 1, width: int = 32, level: int = 2) -> nn.Module:
@@ -135,6 +136,3 @@ def create_segmentation_net(name: str = "unet", spatial_dims: int = 3, in_channe
         raise ValueError(f"unknown segmentation network '{name}'; use {' or '.join(nets)}")
     return nets[name]()
 
-
-for _name in ("unet", "mv"):
-    register_model(f"segmentation/{_name}")(lambda _n=_name, **kw: create_segmentation_net(_n, **kw))

@@ -6,7 +6,7 @@ Real weights come from a local file resolved through ``weights/``: a torchaudio-
 (``model.safetensors``), renamed the way torchaudio's ``import_huggingface_model`` maps the modules, or a
 fairseq checkpoint (``xlsr2_300m.pt``: its ``model`` tensors, keys mapped by torchaudio's fairseq importer).
 fairseq checkpoints load as released (``args`` Namespace or omegaconf ``cfg``, numpy training state) through the
-suite's safe loader (:func:`transfer.weights.load_checkpoint_file`): no code from the file runs.
+suite's safe loader (:func:`transfer.safeload.load_checkpoint_file`): no code from the file runs.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
-from transfer.models.registry import register_model, state_dict_fit
-from transfer.weights import load_checkpoint_file, load_state_dict, random_init_requested, resolve, state_dict_of
+from transfer.models.registry import names_from, register_family, state_dict_fit
+from transfer.weights import random_init_requested, resolve
+from transfer.safeload import load_checkpoint_file, load_state_dict, state_dict_of
 
 _LARGE_EXTRACTOR = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 CONFIGS = {
@@ -94,6 +95,7 @@ def load_weights_file(path) -> dict[str, torch.Tensor]:
     return state_dict_of(ckpt, path)
 
 
+@register_family("wav2vec2", names_from(CONFIGS))
 def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module:
     """``weights``: a registered name or file; ``random`` for a random init on purpose. Every size but ``tiny``
     (the toys' backbone) is a pretrained model and refuses to start without weights."""
@@ -115,9 +117,6 @@ def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module
         model.load_state_dict(state)
     return model
 
-
-for _name in CONFIGS:
-    register_model(f"wav2vec2/{_name}")(lambda _n=_name, **kw: create_wav2vec2(_n, **kw))
 
 
 class MeanMaxPool(nn.Module):

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    from transfer.records import atomic_write_text
+    from datamodules.files import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         folds = read_run(args.run_dir, args.folds)
     except RunError as e:
         raise SystemExit(f"error: {e}") from None
+    _stop_if_weights_missing(folds, launch_dir)
     task = task_of(folds[0].cfg)
     out: Path = args.output
     failures: dict[str, str] = {}
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"run": str(args.run_dir.resolve()), **predictor.settings()}
     _check_settings(out, settings, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    from transfer.records import atomic_write_text
+    from datamodules.files import atomic_write_text
 
     atomic_write_text(out / "predict.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
     earlier = _earlier_rows(out / predictor.table, predictor.key)
@@ -150,6 +151,20 @@ def run(args: argparse.Namespace) -> int:
     for why in failures.values():  # each message names its file or series
         print(f"FAILED {why}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _stop_if_weights_missing(folds, launch_dir) -> None:
+    """Every weights file the folds' models are built from (a backbone, a pre-trained base, an SFDA source model),
+    checked before anything is loaded or written; all that is missing named at once, exit 2."""
+    from transfer.preflight import format_missing, missing_assets, stop
+
+    missing = []
+    with launch_dir(folds[0].folder):  # relative paths meant the folder training was launched from
+        for fold in folds:
+            missing += [m for m in missing_assets(fold.cfg, data=False)
+                        if m.kind != "checkpoint" and m not in missing]  # the run's resume point is not needed
+    if missing:
+        stop(format_missing(missing, str(folds[0].cfg.get("experiment_name", "this run"))))
 
 
 def _earlier_rows(path: Path, key: str) -> dict[str, dict]:

@@ -51,7 +51,7 @@ def write_dicom_seg(mask_path: Path, source_files: list[str], out: Path, label: 
     from pydicom.uid import generate_uid
 
     from transfer import __version__
-    from transfer.stages import atomic_path
+    from datamodules.files import atomic_path
 
     slices = [pydicom.dcmread(f) for f in source_files]
     img = nib.load(mask_path)

@@ -22,11 +22,11 @@ from torchmetrics.detection import MeanAveragePrecision
 from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.stages import cached_stage, stage_file, stage_trainer
-from transfer.models.detectors import (CHECKPOINTING, TorchvisionDetector, checkpoint_detector, create_detector,
+from transfer.models import create_model
+from transfer.models.detectors import (CHECKPOINTING, TorchvisionDetector, checkpoint_detector,
                                        load_detector_weights, recompute_blocks, recompute_in_backward)
 
-from .baselines import build_translator
-from .service import load_translator_state
+from .service import build_translator, load_translator_state
 
 DEFAULT_LOSS_WEIGHT = 1.0
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # one INFO table per compute() otherwise
@@ -61,7 +61,9 @@ class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
         if activation_checkpointing not in CHECKPOINTING:
             raise ValueError(f"activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
                              f"got '{activation_checkpointing}'")
-        self.detector = TorchvisionDetector(create_detector(**detector), trainable=train_detector, name=detector["name"])
+        self.detector = TorchvisionDetector(
+            create_model(f"detector/{detector['name']}", **{k: v for k, v in detector.items() if k != 'name'}),
+            trainable=train_detector, name=detector["name"])
         self.translator = build_translator(translator)
         if translator_weights:
             self.translator.load_state_dict(load_translator_state(translator_weights))

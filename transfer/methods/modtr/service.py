@@ -16,12 +16,18 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transfer.stages import save_tensors
-from transfer.weights import load_checkpoint_file
+from transfer.safeload import load_checkpoint_file
+from transfer.models import create_model
 from transfer.models.detectors import TorchvisionDetector
-
-from .baselines import IdentityTranslator, build_translator
+from transfer.models.translators import IdentityTranslator
 
 FORMAT = "transfer-modtr-translator/1"
+
+
+def build_translator(spec: dict) -> nn.Module:
+    """A translator from its spec (``name`` and the family's arguments), through the model registry."""
+    spec = dict(spec)
+    return create_model(f"translator/{spec.pop('name', 'unet')}", **spec)
 
 
 class TranslatorMismatchError(RuntimeError):

@@ -25,9 +25,9 @@ from transfer.metrics.distributed import gather
 from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
 from transfer.models.wav2vec2 import SpoofClassifier
 from transfer.optim import configured, make_optimizer, make_scheduler
-from transfer.records import atomic_write_text
+from datamodules.files import atomic_write_text
 from transfer.stages import cached_stage, stage_file, stage_trainer
-from transfer.weights import load_state_dict
+from transfer.safeload import load_state_dict
 
 MODES = ("full", "head", "lora", "moe")
 
@@ -200,7 +200,7 @@ def _plot_usage(usage: dict[str, list[float]], path: Path) -> None:
     for j, (name, shares) in enumerate(usage.items()):
         ax.bar([e + (j - (len(usage) - 1) / 2) * width for e in range(n)], shares, width, label=name)
     ax.set_xticks(range(n), [f"expert {e}" for e in range(n)])
-    ax.set_ylabel("share of tokens (top-1)")
+    ax.set_ylabel("share of gate mass")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

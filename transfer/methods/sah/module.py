@@ -23,11 +23,12 @@ from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, in
 from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.distributed import gather
 from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
-from transfer.models.unets import create_segmentation_net, forward_any_size
+from transfer.models import create_model
+from transfer.models.unets import forward_any_size
 from transfer.optim import configured, make_optimizer, make_scheduler
-from transfer.records import atomic_write_text
+from datamodules.files import atomic_write_text
 from transfer.stages import cached_stage, stage_file, stage_trainer
-from transfer.weights import load_state_dict
+from transfer.safeload import load_state_dict
 
 ADAPTER_KINDS = tuple(k for k in PAPER_NAMES if k not in ("lora", "dora"))
 STRATEGIES = ("none", "full", "module", *ADAPTER_KINDS)
@@ -57,7 +58,7 @@ class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
             raise ValueError(f"norm_policy must be frozen, adabn or affine, got '{norm_policy}'")
         if loss not in ("softdice", "dicece"):
             raise ValueError(f"loss must be softdice or dicece, got '{loss}'")
-        self.net = create_segmentation_net(**net)
+        self.net = create_model(f"segmentation/{net.get('name', 'unet')}", **{k: v for k, v in net.items() if k != 'name'})
         if pretrained:
             load_base_weights(self.net, load_state_dict(pretrained), pretrained)
         self._apply_strategy()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from transfer.models import create_classifier
+from transfer.models import create_model
 
 MODES = ("all", "cls", "clsBN", "BN", "feat")
 
@@ -15,7 +15,7 @@ class SHOTNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", num_classes: int = 65, bottleneck: int = 256,
                  pretrained: bool | str | None = None):
         super().__init__()
-        self.netF = create_classifier(backbone, num_classes=0, pretrained=pretrained)  # pooled features
+        self.netF = create_model(f"classifier/{backbone}", num_classes=0, pretrained=pretrained)  # pooled features
         dim = self.netF.num_features if hasattr(self.netF, "num_features") else self.netF(torch.zeros(1, 3, 32, 32)).shape[1]
         self.netB = nn.Sequential(nn.Linear(dim, bottleneck), nn.BatchNorm1d(bottleneck))
         self.netC = weight_norm(nn.Linear(bottleneck, num_classes))

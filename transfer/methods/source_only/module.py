@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from transfer.checkpoints import CompatibleCheckpointMixin
-from transfer.models import create_classifier
+from transfer.models import create_model
 from transfer.optim import configured, make_optimizer, make_scheduler
 
 
@@ -51,7 +51,8 @@ class SourceOnlyClassifier(CompatibleCheckpointMixin, L.LightningModule):
 
     def make_net(self, num_classes: int) -> nn.Module:
         hp = self.hparams
-        return create_classifier(hp.backbone, num_classes, hp.pretrained, **(hp.backbone_kwargs or {}))
+        return create_model(f"classifier/{hp.backbone}", num_classes=num_classes, pretrained=hp.pretrained,
+                            **(hp.backbone_kwargs or {}))
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None

@@ -1,5 +1,5 @@
-"""Downloading registered weights, only when asked (``python -m transfer.weights fetch``, ``weights.fetch=true`` or
-``TRANSFER_FETCH_WEIGHTS=1``). Runs stay offline by default: clusters and hospitals often have no internet.
+"""Downloading registered weights, only when asked (``python -m transfer.weights fetch``, or a run with
+``weights.fetch=true`` / ``TRANSFER_FETCH_WEIGHTS=1``, which fetches what it needs before it starts). Runs stay offline by default: clusters and hospitals often have no internet.
 
 Sources, per registry entry: ``url`` (torchvision's model zoo, the fairseq release; a site mirror replaces the
 origin with ``TRANSFER_WEIGHTS_MIRROR``, which must hold the same tree as ``weights/``) or ``hf_repo`` +
@@ -13,51 +13,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
-from typing import Iterator
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from transfer.stages import file_lock
-from transfer.weights import WeightsEntry, WeightsError, load_lock, load_registry, sha256sum, weights_dir
+from datamodules.files import atomic_write_text, file_lock, publish
+from transfer.weights import WeightsEntry, WeightsError, load_registry, sha256sum, verify, weights_dir
 
-ENV_FETCH = "TRANSFER_FETCH_WEIGHTS"
 ENV_MIRROR = "TRANSFER_WEIGHTS_MIRROR"
 CHUNK = 1 << 20
-
-
-def fetch_enabled() -> bool:
-    return os.environ.get(ENV_FETCH, "").lower() in ("1", "true", "yes")
-
-
-@contextmanager
-def fetch_on_first_use(enabled: bool) -> Iterator[None]:
-    """Within the block, missing registered weights are downloaded (``weights.fetch=true``)."""
-    old = os.environ.get(ENV_FETCH)
-    if enabled:
-        os.environ[ENV_FETCH] = "1"
-    try:
-        yield
-    finally:
-        if enabled:
-            os.environ.pop(ENV_FETCH) if old is None else os.environ.__setitem__(ENV_FETCH, old)
-
-
-def verify(path: Path, entry: WeightsEntry, root: str | Path | None = None, use_lock: bool = True) -> str:
-    """'ok' (a pin or the lab's lock matched), 'unverified' (nothing to check against) or raises naming both hashes.
-    The lock (``<root>/lock.yaml``) is checked whenever it lists the entry, whatever the registry pins."""
-    actual = sha256sum(path)
-    if entry.sha256 and actual != entry.sha256:
-        raise WeightsError(f"{path}: sha256 {actual} does not match the registered {entry.sha256} for '{entry.name}'")
-    if entry.sha256_prefix and not actual.startswith(entry.sha256_prefix):
-        raise WeightsError(f"{path}: sha256 {actual} does not start with the published prefix {entry.sha256_prefix} "
-                           f"for '{entry.name}'")
-    locked = load_lock(root or path.parents[len(Path(entry.file).parts) - 1]).get(entry.name) if use_lock else None
-    if locked and actual != locked["sha256"]:
-        raise WeightsError(f"{path}: sha256 {actual} differs from {locked['sha256']} in the lock file for "
-                           f"'{entry.name}' (a swapped or corrupted file, or a lock from another release)")
-    return "ok" if entry.sha256 or entry.sha256_prefix or locked else "unverified"
 
 
 def source_of(entry: WeightsEntry) -> str:
@@ -127,8 +91,7 @@ def fetch(name: str, registry: dict[str, WeightsEntry] | None = None, root: str 
         except WeightsError as e:
             part.unlink()
             raise WeightsError(f"{src}: {e}; the download was deleted") from None
-        os.chmod(part, 0o644)
-        os.replace(part, dest)
+        publish(part, dest, mode=0o644)
         _write_origin(dest, origin)
     return dest
 
@@ -141,10 +104,7 @@ def origin_file(dest: Path) -> Path:
 def _write_origin(dest: Path, origin: dict) -> None:
     import json
 
-    from transfer.stages import atomic_path
-
-    with atomic_path(origin_file(dest)) as tmp:
-        tmp.write_text(json.dumps(origin, sort_keys=True) + "\n")
+    atomic_write_text(origin_file(dest), json.dumps(origin, sort_keys=True) + "\n")
 
 
 def _from_hub(entry: WeightsEntry, part: Path) -> dict:
