@@ -103,3 +103,28 @@ def test_the_package_names_no_path_outside_the_repository():
             if f.suffix in (".py", ".yaml", ".md", ".sh", ".json") and outside.search(f.read_text(errors="ignore")):
                 raise AssertionError(f"{f.relative_to(repo_root())} refers to a path outside the repository")
     assert not outside.search((repo_root() / "README.md").read_text())
+
+
+def test_a_module_that_breaks_the_method_contract_is_named():
+    import lightning as L
+    import pytest
+
+    from datamodules.contract import check_data_module
+    from transfer.methods.base import Method, MethodModule, check_method
+
+    class Plain(L.LightningModule):
+        pass
+
+    with pytest.raises(TypeError, match="Plain is not a transfer method: it lacks pooled_val_target, has_stages, "
+                                        "prepare, attach_data, pool_folds .subclass transfer.methods.base.MethodModule"):
+        check_method(Plain())
+    check_method(MethodModule())
+    assert isinstance(MethodModule(), Method)
+    with pytest.raises(TypeError, match="LightningDataModule is not a transfer data module: it lacks train_seed, "
+                                        "data_summary"):
+        check_data_module(L.LightningDataModule())
+
+
+def test_single_run_does_not_probe_methods():
+    source = (repo_root() / "transfer" / "single_run.py").read_text()
+    assert not re.search(r"\bhasattr\(|getattr\((model|datamodule)", source)

@@ -19,20 +19,16 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from datamodules.contract import check_data_module
 from transfer import experiments
 from datamodules.files import atomic_write_text
 
 experiments.register()
 
 
-def summary_of(datamodule) -> dict[str, Any] | None:
-    return datamodule.data_summary() if hasattr(datamodule, "data_summary") else None
-
-
-def write_summary(datamodule, path: str | Path) -> dict[str, Any] | None:
-    summary = summary_of(datamodule)
-    if summary is not None:
-        atomic_write_text(path, json.dumps(summary, indent=1, default=str) + "\n")
+def write_summary(datamodule, path: str | Path) -> dict[str, Any]:
+    summary = datamodule.data_summary()
+    atomic_write_text(path, json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
@@ -68,13 +64,10 @@ def check(cfg: DictConfig, out: str | Path | None = None) -> dict[str, Any]:
     dm = data_only(cfg)
     if getattr(dm, "fold", None) == "all":  # every fold's size is in the summary; the split shown is fold 0's
         dm.fold = 0
+    check_data_module(dm)
     dm.prepare_data()
     dm.setup("fit")
-    summary = summary_of(dm)
-    if summary is None:
-        raise SystemExit(f"{type(dm).__name__} has no data_summary(): nothing to report")
-    if out:
-        write_summary(dm, out)
+    summary = write_summary(dm, out) if out else dm.data_summary()
     print(f"{cfg.experiment_name}: {type(dm).__name__}\n{format_summary(summary)}" + (f"\n-> {out}" if out else ""))
     return summary
 

@@ -43,7 +43,36 @@ def experiments_dir() -> Path:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+    folder = experiments_dir()
+    return sorted([p.stem for p in folder.glob("*.yaml")] + list(sfda_pairs(folder)))
+
+
+#: few-shot SFDA pairs by dataset: None = every ordered pair of its domains (datamodules.DESCRIPTORS), else the list
+SFDA_PAIRS: dict[str, list[tuple[str, str]] | None] = {
+    "office31": None, "office_home": None, "office_home_rsut": None, "vlcs": None, "terra_incognita": None,
+    "visda2017": [("Synthetic", "Real")], "visda2017_rsut": [("Synthetic", "Real")],
+}
+
+
+def sfda_pairs(folder: Path) -> dict:
+    """The named few-shot SFDA experiments, composed from one file per dataset and stage (``sfda_<dataset>.yaml``,
+    ``sfda_source_<dataset>.yaml``): ``sfda_source_<dataset>_<source>`` and ``sfda_<dataset>_<source>_<target>``.
+    A change to the protocol is one edit of the dataset's file."""
+    from datamodules.domains import DESCRIPTORS
+
+    out = {}
+    for dataset, pairs in SFDA_PAIRS.items():
+        stage1, stage2 = folder / f"sfda_source_{dataset}.yaml", folder / f"sfda_{dataset}.yaml"
+        if not (stage1.is_file() and stage2.is_file()):
+            continue
+        domains = [d.name for d in DESCRIPTORS[dataset].domains]
+        pairs = pairs or [(s, t) for s in domains for t in domains if s != t]
+        for source in sorted({s for s, _ in pairs}, key=domains.index):
+            out[f"sfda_source_{dataset}_{source}"] = OmegaConf.merge(OmegaConf.load(stage1), {"data": {"sources": [source]}})
+        for source, target in pairs:
+            out[f"sfda_{dataset}_{source}_{target}"] = OmegaConf.merge(OmegaConf.load(stage2),
+                                                                      {"data": {"source": source, "target": target}})
+    return out
 
 
 def register() -> Path:
@@ -63,6 +92,9 @@ def register() -> Path:
         node = OmegaConf.load(path)
         node.experiment_name = path.stem
         store.store(group="experiment", name=path.stem, node=node, package="_global_")
+    for name, node in sfda_pairs(folder).items():
+        node.experiment_name = name
+        store.store(group="experiment", name=name, node=node, package="_global_")
     for old, new in RENAMED.items():
         if (folder / f"{new}.yaml").is_file():
             node = OmegaConf.load(folder / f"{new}.yaml")

@@ -7,13 +7,12 @@ import logging
 import re
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer.collect import print_comparison, write_tables
 from transfer.preflight import prefetch
-from datamodules.files import atomic_write_text
 from transfer.single_run import run_one
 
 log = logging.getLogger("transfer")
@@ -161,10 +160,5 @@ def run_folds(cfg: DictConfig) -> list[dict]:
             sub.fold, sub.data.fold = i, i
             sub.paths.output_dir, sub.paths.results_file = str(out / f"fold_{i}"), str(cfg.paths.results_file)
         rows += run_one(sub)
-    parts = [out / f"fold_{i}" / "per_case.csv" for i in range(datamodule.num_folds)]
-    if all(p.exists() for p in parts):
-        from transfer.metrics.clinical import cases_from_csv, cases_to_csv
-
-        cases = [c for p in parts for c in cases_from_csv(p.read_text())]
-        atomic_write_text(out / "per_case.csv", cases_to_csv(cases))
+    get_class(cfg.model._target_).pool_folds(out, [out / f"fold_{i}" for i in range(datamodule.num_folds)])
     return rows

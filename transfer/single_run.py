@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer.checkpoints import AtomicCheckpointIO
 from transfer.data import write_summary
+from datamodules.contract import check_data_module
+from transfer.methods.base import check_method
 from transfer.optim import plain_specs
 from transfer.quiet import quiet_third_party
 from datamodules.files import atomic_write_text
@@ -61,8 +63,9 @@ def build(cfg: DictConfig):
     loggers = _instantiate_group(cfg.get("logger"))
     plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])] + [AtomicCheckpointIO()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-    if hasattr(datamodule, "train_seed"):
-        datamodule.train_seed = int(cfg.seed)  # the training order is a function of (seed, epoch): exact resume
+    check_data_module(datamodule)
+    check_method(model)
+    datamodule.train_seed = int(cfg.seed)  # the training order is a function of (seed, epoch): exact resume
     return datamodule, model, trainer
 
 
@@ -100,8 +103,7 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt: str |
     random_init = [n or type(model).__name__ for n, m in model.named_modules() if getattr(m, "random_init", False)]
     if random_init:
         base["random_init"] = random_init  # weights=random, asked for: the rows say so
-    pooled = getattr(model, "pooled_val_target", "source")  # what un-targeted val keys (val/acc) describe
-    rows = rows_from_metrics(metrics, split="val", base=base, pooled_target=pooled)
+    rows = rows_from_metrics(metrics, split="val", base=base, pooled_target=model.pooled_val_target)
     rows += rows_from_metrics(metrics, split="test", base=base, pooled_target="all_targets")
     if trainer.is_global_zero:  # a repeated or resumed evaluation replaces its rows, never duplicates them
         append_jsonl(cfg.paths.results_file, rows, replace=ROW_IDENTITY)
@@ -150,7 +152,7 @@ def run_one(cfg: DictConfig) -> list[dict]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and HydraConfig.initialized():
         atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    if hasattr(model, "prepare"):  # stages a method needs before fitting (cached), e.g. a toy's pre-training
+    if model.has_stages:  # stages a method needs before fitting (cached), e.g. a toy's pre-training
         datamodule.prepare_data()  # idempotent; every process may run it (writes are atomic)
         model.prepare(datamodule, trainer)  # a stage trains on the run's device type and precision
     ckpt = cfg.get("ckpt_path")

@@ -139,6 +139,7 @@ def load_model(fold: Fold, datamodule, data_prepared: bool = False):
     from hydra.utils import instantiate
 
     from transfer.checkpoints import AtomicCheckpointIO
+    from transfer.methods.base import check_method
     from transfer.optim import plain_specs
 
     ckpt = AtomicCheckpointIO().load_checkpoint(fold.checkpoint) if fold.checkpoint is not None else None
@@ -148,12 +149,12 @@ def load_model(fold: Fold, datamodule, data_prepared: bool = False):
         extra["num_classes"] = trained["num_classes"]  # a model sized by its data at training time
     with launch_dir(fold.folder):
         model = instantiate(plain_specs(fold.cfg.model), _convert_="all", **extra)
-        if hasattr(model, "prepare"):
+        check_method(model)
+        if model.has_stages:
             if not data_prepared:  # once per data module, not once per fold
                 datamodule.prepare_data()
             model.prepare(datamodule)
-        if hasattr(model, "attach_data"):
-            model.attach_data(datamodule)
+        model.attach_data(datamodule)
     if ckpt is not None:
         model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.methods.base import MethodModule
 from transfer.optim import configured, make_optimizer, make_scheduler
 
 from .ot import ot_distance, text_aware_cost
@@ -63,7 +63,8 @@ class Augmenter(nn.Module):
         return F.normalize(z + out if self.residual else out, dim=-1)
 
 
-class LanDAModule(CompatibleCheckpointMixin, L.LightningModule):
+class LanDAModule(MethodModule):
+    has_stages = True  # prepare() builds its cached stages from the data
     architecture_keys = ("method", "embed_dim", "num_classes", "num_sources")
     pooled_val_target = "source"
 

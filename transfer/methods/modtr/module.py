@@ -19,7 +19,8 @@ import lightning as L
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
+from transfer.methods.base import MethodModule
+from transfer.checkpoints import IncompatibleCheckpointError
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.stages import cached_stage, stage_file, stage_trainer
 from transfer.models import create_model
@@ -32,7 +33,8 @@ DEFAULT_LOSS_WEIGHT = 1.0
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # one INFO table per compute() otherwise
 
 
-class ModTrModule(CompatibleCheckpointMixin, L.LightningModule):
+class ModTrModule(MethodModule):
+    has_stages = True  # prepare() builds its cached stages from the data
     architecture_keys = ("detector", "translator")
     pooled_val_target = None  # val/map_50 (the monitor) repeats val/<modality>/map_50
 

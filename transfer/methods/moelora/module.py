@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transfer.methods.base import MethodModule
 from transfer.adapters import (AdapterConfig, MoELoRAConfig, adapter_state_dict, inject, inject_moe_lora,
                                load_balancing_loss, load_base_weights, router_z_loss, routers_of)
-from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.distributed import gather
 from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
 from transfer.models.wav2vec2 import SpoofClassifier
@@ -32,7 +32,8 @@ from transfer.safeload import load_state_dict
 MODES = ("full", "head", "lora", "moe")
 
 
-class DeepfakeDetectionModule(CompatibleCheckpointMixin, L.LightningModule):
+class DeepfakeDetectionModule(MethodModule):
+    has_stages = True  # prepare() builds its cached stages from the data
     architecture_keys = ("backbone", "mode", "backend")
 
     def __init__(self, backbone: str = "tiny", weights: str | None = None, mode: str = "moe", lora_rank: int = 8,

@@ -19,8 +19,8 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from transfer.methods.base import MethodModule
 from transfer.adapters import AdapterConfig, PAPER_NAMES, adapter_state_dict, inject, load_base_weights
-from transfer.checkpoints import CompatibleCheckpointMixin
 from transfer.metrics.distributed import gather
 from transfer.metrics.clinical import DEFAULT_BINS, case_result, cases_to_csv, summarize
 from transfer.models import create_model
@@ -40,7 +40,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
 
 
-class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
+class SegmentationModule(MethodModule):
+    has_stages = True  # prepare() builds its cached stages from the data
     architecture_keys = ("net", "strategy", "group", "rank")
 
     def __init__(self, net: dict[str, Any], strategy: str = "full", group: str = "all", rank: int = 4,
@@ -109,6 +110,16 @@ class SegmentationModule(CompatibleCheckpointMixin, L.LightningModule):
     @property
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @classmethod
+    def pool_folds(cls, out: Path, fold_dirs) -> None:
+        """``fold=all``: every fold's ``per_case.csv`` as one table (each case once, from the fold that held it out)."""
+        parts = [Path(d) / "per_case.csv" for d in fold_dirs]
+        if all(p.exists() for p in parts):
+            from transfer.metrics.clinical import cases_from_csv
+
+            cases = [c for p in parts for c in cases_from_csv(p.read_text())]
+            atomic_write_text(Path(out) / "per_case.csv", cases_to_csv(cases))
 
     # -- the toy's pre-training stage
     def prepare(self, datamodule, run: L.Trainer | None = None) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.methods.base import MethodModule
 from transfer.metrics.distributed import gather
 from transfer.optim import configured, make_optimizer, make_scheduler, optimizer_class
 from transfer.stages import build_file_once, stage_file, stage_trainer
@@ -39,7 +39,8 @@ class TargetClassesError(ValueError):
     pass
 
 
-class FewShotSFDAModule(CompatibleCheckpointMixin, L.LightningModule):
+class FewShotSFDAModule(MethodModule):
+    has_stages = True  # prepare() builds its cached stages from the data
     architecture_keys = ("backbone", "bottleneck", "num_classes")
     pooled_val_target = "target"  # val metrics are on the held-out target shots (or the unlabelled pool)
 

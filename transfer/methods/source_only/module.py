@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from transfer.checkpoints import CompatibleCheckpointMixin
+from transfer.methods.base import MethodModule
 from transfer.models import create_model
 from transfer.optim import configured, make_optimizer, make_scheduler
 
 
-class SourceOnlyClassifier(CompatibleCheckpointMixin, L.LightningModule):
+class SourceOnlyClassifier(MethodModule):
     """A timm/torchvision classifier trained on the pooled source domains.
 
     Logs ``val/acc`` on the source validation split (``val/target_acc`` on targets when the oracle
