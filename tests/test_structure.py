@@ -76,6 +76,17 @@ def test_no_import_circle():
     assert not [m for m in graph if m.startswith("datamodules") and any(d.startswith("transfer") for d in graph[m])]
 
 
+def test_methods_share_only_through_the_lower_layers():
+    modules = _modules()
+    shared = ("transfer.methods.base", "transfer.methods.source_only")
+    for name, path in modules.items():
+        if name.startswith("transfer.methods.") and name not in shared and not name.startswith(shared):
+            own = ".".join(name.split(".")[:3])
+            others = [d for d in _imports(name, path, modules) if d.startswith("transfer.methods.")
+                      and not d.startswith((own, *shared)) and d != "transfer.methods"]
+            assert others == [], f"{name} imports another method: {others}"
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

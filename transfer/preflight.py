@@ -261,5 +261,10 @@ def expected_errors() -> Iterator[None]:
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        log.error("%s: %s (HYDRA_FULL_ERROR=1 shows the traceback)", type(cause).__name__, cause)
+        message = f"{type(cause).__name__}: {cause}"
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+        for handler in logging.getLogger().handlers:  # the run's log file keeps it; the terminal gets it once
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        print(f"error: {message}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_MISSING) from None
