@@ -169,7 +169,8 @@ class LoadCased(T.MapTransform):
 
     def __init__(self, keys):
         super().__init__(keys)
-        self.load = T.LoadImaged(keys, image_only=True)
+        # NIfTI only: naming the reader keeps MONAI from building (and warning about) its DICOM/GPU readers
+        self.load = T.LoadImaged(keys, reader="NibabelReader", image_only=True)
 
     def __call__(self, data):
         try:
@@ -205,7 +206,7 @@ def build_transforms(train: bool, window: tuple[float, float], spacing: Sequence
     ts = [LoadCased(keys), T.EnsureChannelFirstd(keys)]
     if labelled:
         ts.append(CheckBinaryLabeld("label"))
-    ts.append(T.Orientationd(keys, axcodes="RAS"))
+    ts.append(T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))  # RAS as nibabel means it
     if spacing:
         ts.append(T.Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest")[:len(keys)]))
     ts.append(T.ScaleIntensityRanged("image", a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True))

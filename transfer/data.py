@@ -89,6 +89,9 @@ def compose_cli(overrides: list[str]) -> DictConfig:
 
 def check_main(argv: list[str]) -> int:
     from transfer.preflight import expected_errors, stop_if_missing
+    from transfer.quiet import quiet_third_party
+
+    quiet_third_party()
 
     out = None
     if "--out" in argv:

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     from datamodules.errors import DatasetError
     from transfer.predict.inputs import AUDIO, IMAGES, NIFTI, discover
     from transfer.predict.runs import RunError, launch_dir, load_model, read_run
+    from transfer.quiet import quiet_third_party
+
+    quiet_third_party()
 
     try:
         folds = read_run(args.run_dir, args.folds)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from transfer.methods.base import MethodModule
-from transfer.adapters import (AdapterConfig, MoELoRAConfig, adapter_state_dict, inject, inject_moe_lora,
+from transfer.adapters import (AdapterConfig, MoELoRAConfig, inject, inject_moe_lora,
                                load_balancing_loss, load_base_weights, router_z_loss, routers_of)
 from transfer.metrics.distributed import gather
 from transfer.metrics.eer import compute_eer, eer_report, plot_det, write_score_file
@@ -171,9 +171,6 @@ class DeepfakeDetectionModule(MethodModule):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = make_optimizer(params, hp.optimizer, lambda g: torch.optim.Adam(g, lr=hp.lr, weight_decay=hp.weight_decay))
         return configured(opt, make_scheduler(opt, hp.scheduler))
-
-    def partial_checkpoint_keys(self) -> set[str] | None:
-        return set(adapter_state_dict(self)) if self.adapter_only_checkpoints else None
 
 
 class _Pretext(L.LightningModule):
