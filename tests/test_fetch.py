@@ -224,15 +224,13 @@ def test_lock_is_written_then_enforced(tmp_path, server, capsys):
 
 def test_every_registry_entry_is_pinned_or_verified_at_download():
     for name, e in load_registry().items():
-        assert e.verify in ("sha256", "hub", "lock"), name
+        assert e.verify in ("sha256", "hub"), name  # lock is for a lab's own entries; every shipped one is verified
         if e.verify == "sha256":
             assert len(e.sha256) == 64 and int(e.sha256, 16) >= 0 and e.pin_source, name
             assert not e.sha256_prefix or e.sha256.startswith(e.sha256_prefix), name
             assert e.sha256[:8] in e.file, name  # torchvision's file name carries the digest's first 8 hex digits
-        elif e.verify == "hub":
-            assert e.hf_repo and e.hf_file and not e.sha256, name
         else:
-            assert e.url and not e.sha256, name  # no public checksum: the lab's lock pins it
+            assert e.hf_repo and e.hf_file and not e.sha256, name
 
 
 def test_check_reports_each_entry(tmp_path, server, capsys):
