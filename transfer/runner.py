@@ -148,8 +148,8 @@ def parse_shard(shard, num_points: int) -> tuple[int, int]:
 
 
 def run_folds(cfg: DictConfig) -> list[dict]:
-    """``fold=all`` (or ``folds=all``): every fold in turn from the same pre-trained start, then the pooled cases."""
-    if cfg.get("fold") != "all" and cfg.get("folds") != "all":
+    """``fold=all``: every fold in turn from the same pre-trained start, then the method pools what they wrote."""
+    if cfg.get("fold") != "all":
         return run_one(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()

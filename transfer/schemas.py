@@ -62,7 +62,6 @@ class RunSchema:
     train: bool = True
     test: bool = True
     fold: Any = None  # an index, or "all"
-    folds: Any = None
     variants: Any = None
     variant: Optional[str] = None
     override_sets: Any = None
