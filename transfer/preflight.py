@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from transfer.weights import WeightsError
+from transfer.weights import RANDOM, WeightsError
 
 # keys whose string value names weights (a registered name or a file); ``random`` asks for a random init
 WEIGHT_KEYS = {"weights", "pretrained", "source_model", "translator_weights"}
@@ -68,7 +68,7 @@ def _weights_problem(key: str, value: str, registry, root: Path) -> Missing | No
             return None
         how = "" if downloadable else f"; obtain it from {entry.source or entry.hub} (not downloadable)"
         return Missing("weights", key, value, f"expected at {path}{how}", name=value if downloadable else "")
-    if value == "random" or Path(value).exists():
+    if value == RANDOM or Path(value).exists():
         return None
     if Path(value).suffix or "/" in value:
         return Missing("weights", key, value, "no such file")
