@@ -58,7 +58,7 @@ class FewShotTargetDataModule(KnownClassesMixin, SeededTrainData, L.LightningDat
         scenario_seed: int = 0,
         num_known: int | None = None,
         known_seed: int = 2020,
-        train_on: str | None = None,
+        train_on: str = "shots",
         steps: int = 1000,
         batch_size: int = 32,
         eval_batch_size: int = 64,
@@ -70,7 +70,7 @@ class FewShotTargetDataModule(KnownClassesMixin, SeededTrainData, L.LightningDat
         self.source = source  # the source model's domain(s): recorded, never read
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, got '{scenario}'")
-        if train_on not in (None, *TRAIN_ON):
+        if train_on not in TRAIN_ON:
             raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got '{train_on}'")
         if scenario == "ood" and not num_known:
             raise ValueError("scenario 'ood' needs num_known (how many classes are known to the source model)")
@@ -161,8 +161,6 @@ class FewShotTargetDataModule(KnownClassesMixin, SeededTrainData, L.LightningDat
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_on is None:
-            raise ValueError("train_on is unset: the adaptation method sets it (shots or unlabelled)")
         seed = epoch_seed(self.train_seed, self.shot_seed)  # each shot draw gets its own batch order
         if self.train_on == "unlabelled":
             return self.seeded_loader(self.pool_train, self.batch_size, self.num_workers, seed=seed)

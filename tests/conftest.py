@@ -14,9 +14,10 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-import transfer.train  # noqa: E402,F401  (registers experiments)
+from transfer import experiments  # noqa: E402
 
 torch.set_num_threads(1)
+experiments.register()  # experiment=NAME in composed configs, as the entry points do before Hydra starts
 
 # A tiny version of the toy: 8 images per class and domain, 2 epochs, a 3k-parameter timm test net.
 TINY = [
@@ -28,6 +29,34 @@ TINY = [
     "callbacks=plain",
     "logger=csv",
 ]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "whole_machine: starts several processes (DDP, concurrent runs); when tests "
+                            "run in parallel it runs alone, so the processes do not fight the other workers for cores")
+
+
+@pytest.fixture(autouse=True)
+def _cores(request):
+    """Under pytest-xdist, ``whole_machine`` tests hold the machine alone and the others share it: a readers-writer
+    lock over files (flock), writer-first through a turnstile so a waiting ``whole_machine`` test is not starved."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if uid is None:  # one process: nothing to share
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    base = Path(tempfile.gettempdir()) / f"transfer-tests-{uid}"
+    with open(f"{base}.turnstile", "a+") as turnstile, open(f"{base}.cores", "a+") as cores:
+        alone = request.node.get_closest_marker("whole_machine") is not None
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(cores, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(cores, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from transfer.statedict import StateDictMismatchError
+
 from transfer.adapters import (
-    AdapterCheckpointError, AdapterConfig, AdapterLayer, adapter_state_dict, inject, load_adapters, merge_all,
+    AdapterConfig, AdapterLayer, adapter_state_dict, inject, load_adapters, merge_all,
     save_adapters,
 )
 
@@ -251,11 +253,11 @@ def test_loading_adapters_onto_other_shapes_is_refused(tmp_path):
     save_adapters(m, tmp_path / "a")
     other = TinyUNet()
     other.head = nn.Conv3d(4, 2, 1)
-    with pytest.raises(AdapterCheckpointError, match=r"module 'head' was Conv3d \(1, 4, 1, 1, 1\) when saved"):
+    with pytest.raises(StateDictMismatchError, match=r"module 'head' was Conv3d \(1, 4, 1, 1, 1\) when saved"):
         load_adapters(other, tmp_path / "a")
     wrong_rank = TinyUNet()
     inject(wrong_rank, AdapterConfig(kind="lora_c", rank=5, target=["head"]))
-    with pytest.raises(AdapterCheckpointError, match="carries .*'rank': 5"):
+    with pytest.raises(StateDictMismatchError, match="carries .*'rank': 5"):
         load_adapters(wrong_rank, tmp_path / "a")
 
 
@@ -268,7 +270,7 @@ def test_scaling_is_alpha_over_rank():
 def test_lightning_checkpoint_holds_adapters_but_not_the_frozen_base(tmp_path):
     import lightning as L
 
-    from transfer.checkpoints import CompatibleCheckpointMixin, IncompatibleCheckpointError
+    from transfer.checkpoints import CompatibleCheckpointMixin
 
     torch.manual_seed(0)
     pretrained = TinyUNet()
@@ -307,7 +309,7 @@ def test_lightning_checkpoint_holds_adapters_but_not_the_frozen_base(tmp_path):
             self.net = TinyUNet()
             inject(self.net, AdapterConfig(kind="lora_c", rank=2, target=["decoder"]))
 
-    with pytest.raises(IncompatibleCheckpointError, match="different model"):
+    with pytest.raises(StateDictMismatchError, match="different model"):
         Other.load_from_checkpoint(path, weights_only=True)
 
 
@@ -327,7 +329,7 @@ def test_adapter_and_base_weight_loaders_report_mismatches_like_every_loader(tmp
         meta = h.metadata()
     tensors["head.stray"] = torch.zeros(3)
     save_file(tensors, str(f), metadata=meta)
-    with pytest.raises(AdapterCheckpointError, match=r"0 tensors of another shape, 0 missing, 1 unexpected \(e.g. 'head.stray'\)"):
+    with pytest.raises(StateDictMismatchError, match=r"0 tensors of another shape, 0 missing, 1 unexpected \(e.g. 'head.stray'\)"):
         load_adapters(TinyUNet(), tmp_path / "a")
     plain = TinyUNet().state_dict()
     adapted = TinyUNet()
@@ -335,8 +337,8 @@ def test_adapter_and_base_weight_loaders_report_mismatches_like_every_loader(tmp
     load_base_weights(adapted, plain)  # head.weight goes to head.base.weight; adapter tensors are not asked for
     assert torch.equal(adapted.head.base.weight, plain["head.weight"])
     short = {k: v for k, v in plain.items() if k != "head.bias"}
-    with pytest.raises(AdapterCheckpointError, match=r"1 tensors of the model are missing \(e.g. 'head.base.bias'\)"):
+    with pytest.raises(StateDictMismatchError, match=r"1 tensors of the model are missing \(e.g. 'head.base.bias'\)"):
         load_base_weights(adapted, short)
     plain["head.weight"] = torch.zeros(9, 9)
-    with pytest.raises(AdapterCheckpointError, match=r"'head.base.weight' does not fit .*1 tensors of another shape"):
+    with pytest.raises(StateDictMismatchError, match=r"'head.base.weight' does not fit .*1 tensors of another shape"):
         load_base_weights(adapted, plain)

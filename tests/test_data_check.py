@@ -66,7 +66,7 @@ def test_modtr_flir_and_llvip(tmp_path):
 def test_sah_family_reads_fold_file_and_patients(tmp_path):
     data = tmp_path / "data"
     root = rf.sah_datalist(data)
-    assert folds_main(["make", f"datalist={root / 'datalist.json'}", "k=3", "seed=0", f"out={root / 'folds.json'}"]) == 0
+    assert folds_main(["make", str(root / "datalist.json"), "--k", "3", "--seed", "0", "--out", str(root / "folds.json")]) == 0
     s = _check(tmp_path, "sah_convlora", data)
     assert s["splits"]["folds"] == {"fold_0": 4, "fold_1": 4, "fold_2": 4}
     assert s["splits"]["test"] == {"cases": 4, "patients": 2}

@@ -31,6 +31,7 @@ def _worker(rank: int, world: int, port: int, out) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.whole_machine
 def test_two_processes_see_each_sample_once_and_gather_all_of_them():
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)

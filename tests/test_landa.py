@@ -20,6 +20,7 @@ from transfer.models.clip import FrozenClip, UnknownClipModelError
 from transfer.collect import read_rows
 from transfer.records import read_jsonl
 from transfer.weights import WeightsError
+from transfer.statedict import StateDictMismatchError
 
 TINY = ["experiment=landa_toy", "callbacks=plain", "data.domains.per_class=6", "data.domains.target_per_class=8",
         "data.domains.size=16", "model.clip_pretrain.per_class=4", "model.clip_pretrain.epochs=1", "model.clip_pretrain.batch_size=16",
@@ -202,7 +203,7 @@ def test_unknown_clip_model_lists_close_names_and_weights_are_never_downloaded(t
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(a.encode_images(x), b.encode_images(x)) and b.identity != a.identity
     save_file({"visual.bad": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="other.safetensors: CLIP weights do not fit landa-tiny"):
+    with pytest.raises(StateDictMismatchError, match="other.safetensors does not fit CLIP model landa-tiny: "):
         b.load_weights(tmp_path / "other.safetensors")
 
 
@@ -281,6 +282,7 @@ def test_toy_variants_run_and_compare(make_cfg, tmp_path):
 
 
 @pytest.mark.slow  # two processes on a 2-core machine: with the slow tests, to keep the default suite under 8 min
+@pytest.mark.whole_machine
 def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
     args = [*TINY, "variants=null", "model.method=landa", "selection=last", f"paths.cache_dir={cache_dir}"]
     res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
@@ -297,6 +299,7 @@ def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.whole_machine
 def test_landa_toy_beats_its_baselines_over_pretraining_seeds(tmp_path):
     """Sixteen sweep points, each its own tiny-CLIP pre-training seed and head seed, 1500 target images, no target
     image used in training; two shards side by side (sweep_shard), pooled by transfer.collect. The issue's targets,

@@ -14,9 +14,8 @@ from torch import nn
 
 from datamodules import DatasetError, PairedDetectionDataModule, read_coco_json, read_voc_xml
 from datamodules.synthetic import SyntheticRGBIRDataModule
-from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.statedict import StateDictMismatchError
 from transfer.methods.modtr import DetectionService, HistEqTranslator, ModTrModule, load_translator, save_translator
-from transfer.methods.modtr.service import TranslatorMismatchError
 from transfer.models.detectors import TorchvisionDetector, create_detector
 from transfer.models.translators import FUSIONS, create_translator, fuse
 from transfer.records import read_jsonl
@@ -195,7 +194,7 @@ def test_metric_path_never_sees_targets(monkeypatch):
 def toy_run(tmp_path_factory):
     """A short ModTr toy run through the real entry point: pre-training (cached), ModTr, full FT."""
     out = tmp_path_factory.mktemp("modtr")
-    args = ["experiment=modtr_toy", "data.n_train=48", "data.n_test=16", "data.size=32", "detector.size=32",
+    args = ["experiment=modtr_toy", "data.n_train=48", "data.n_test=16", "data.size=32", "model.detector.size=32",
             "model.pretrain.steps=6", "trainer.max_steps=4", "data.batch_size=8", "callbacks=plain",
             f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={out / 'run'}", "~variants.finetune_head"]
     res = subprocess.run([sys.executable, "-m", "transfer.train", *args], cwd=out, capture_output=True, text=True,
@@ -224,7 +223,7 @@ def test_modtr_checkpoint_holds_only_the_translator_and_refuses_another_detector
     assert state["detector"]["name"] == "tiny_fcos" and len(state["detector"]["hash"]) == 16
     hp = state["hyper_parameters"]
     other = ModTrModule(detector={**hp["detector"]}, translator=hp["translator"])  # fresh random detector
-    with pytest.raises(IncompatibleCheckpointError, match="trained against detector tiny_fcos with weights hash"):
+    with pytest.raises(StateDictMismatchError, match="trained against detector tiny_fcos with weights hash"):
         other.on_load_checkpoint(state)
 
 
@@ -249,7 +248,7 @@ def test_service_routes_modalities_and_refuses_foreign_translators(tmp_path):
     with pytest.raises(KeyError, match="no translator for modality 'depth'"):
         service.detect([ir], "depth")
     other = ModTrModule(detector={"name": "tiny_fcos", "num_classes": 4, "size": 32}, translator={"name": "tiny_unet"})
-    with pytest.raises(TranslatorMismatchError, match="trained against tiny_fcos"):
+    with pytest.raises(StateDictMismatchError, match="trained against tiny_fcos"):
         DetectionService(other.detector, "tiny_fcos").add_translator("ir", path)
 
 
@@ -306,11 +305,12 @@ def test_modtr_toy_meets_the_acceptance_bands(tmp_path):
 
 
 @pytest.mark.slow  # two processes on a 2-core machine: with the slow tests, to keep the default suite under 8 min
+@pytest.mark.whole_machine
 def test_ddp_modtr_run_matches_single_process_evaluation(tmp_path):
     """ModTr trained with strategy=ddp on 2 gloo processes; its synced test mAPs equal a one-process
     evaluation of the same translator checkpoint."""
     common = ["experiment=modtr_toy", "variants=null", "data.n_train=48", "data.n_test=16", "data.size=32",
-              "detector.size=32", "model.pretrain.steps=6", "data.batch_size=4", "callbacks=plain",
+              "model.detector.size=32", "model.pretrain.steps=6", "data.batch_size=4", "callbacks=plain",
               f"paths.cache_dir={tmp_path / 'cache'}"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=tmp_path, capture_output=True,  # noqa: E731

@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_toy
 from datamodules.audio import rawboost
-from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.statedict import StateDictMismatchError
 from transfer.methods.moelora import DeepfakeDetectionModule
 from transfer.records import read_jsonl
 from transfer.runner import run
@@ -54,7 +54,7 @@ def test_moe_checkpoint_holds_only_adapters_and_head_and_refuses_another_backbon
     keys = set(ckpt["state_dict"])
     assert keys and all(("lora_" in k) or ("moe_router" in k) or k.startswith("net.head.") for k in keys)
     other = DeepfakeDetectionModule(backbone="tiny", mode="lora", lora_rank=8)
-    with pytest.raises(IncompatibleCheckpointError, match="different model.*mode='moe'"):
+    with pytest.raises(StateDictMismatchError, match="different model.*mode='moe'"):
         other.on_load_checkpoint(ckpt)
 
 
@@ -79,6 +79,7 @@ def test_rawboost_is_seeded_and_changes_the_signal():
         rawboost(x, 9, np.random.default_rng(0), 8000)
 
 
+@pytest.mark.whole_machine
 def test_ddp_scores_each_trial_once(tmp_path):
     """2 gloo processes (MoE with top-2 routing); the padded distributed sampler must not duplicate trials."""
     res = subprocess.run([sys.executable, "-m", "transfer.train", *TINY, "model.moe.top_k=2", "trainer=ddp",
@@ -111,7 +112,7 @@ def test_huggingface_layout_weights_load_into_the_torchaudio_backbone(tmp_path):
     loaded = create_wav2vec2("tiny", str(tmp_path / "hf.safetensors"))
     x = torch.randn(1, 4000)
     assert torch.allclose(loaded(x)[0], src(x)[0])
-    with pytest.raises(ValueError, match="not a torchaudio wav2vec2 'base' state dict"):
+    with pytest.raises(StateDictMismatchError, match="does not fit torchaudio wav2vec2 'base': "):
         create_wav2vec2("base", str(tmp_path / "hf.safetensors"))
 
 

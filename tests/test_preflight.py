@@ -34,6 +34,20 @@ def test_two_missing_weights_and_a_dataset_root_fail_once_naming_all_three(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no outputs/
 
 
+def test_a_command_stopped_by_the_preflight_imports_neither_torch_nor_lightning(tmp_path, monkeypatch):
+    """It answers in about 2 s instead of 10: the trainer schema comes from a per-Lightning-version cache."""
+    from transfer import schemas
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert schemas.trainer_fields() == schemas.trainer_fields_from_lightning()  # writes the cache
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "transfer.train", "experiment=modtr_flir",
+                          f"paths.data_dir={tmp_path / 'data'}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TRANSFER_WEIGHTS_DIR": str(tmp_path / "no_weights")})
+    assert res.returncode == 2 and "3 things missing" in res.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and not imported & {"torch", "lightning", "torchvision", "monai"}
+
+
 def test_a_multirun_and_eval_stop_the_same_way(tmp_path):
     res = _cli("transfer.train", "-m", "experiment=modtr_flir", "seed=0,1", f"paths.data_dir={tmp_path / 'd'}",
                cwd=tmp_path)
@@ -71,7 +85,7 @@ def test_required_settings_and_fetchable_weights(tmp_path, monkeypatch):
     assert sorted(m.name for m in missing_assets(cfg) if m.kind == "weights") == ["fcos_resnet50_fpn.coco",
                                                                                   "resnet34.tv_in1k"]
     cfg = compose_config(["experiment=modtr_flir", f"paths.data_dir={tmp_path}", "detector=retinanet",
-                          "translator.pretrained=/nowhere/encoder.safetensors"], tmp_path / "run", tmp_path / "c")
+                          "model.translator.pretrained=/nowhere/encoder.safetensors"], tmp_path / "run", tmp_path / "c")
     missing = missing_assets(cfg)
     assert {m.value for m in missing if m.kind == "weights"} == {"retinanet_resnet50_fpn.coco",
                                                                   "/nowhere/encoder.safetensors"}

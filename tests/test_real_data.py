@@ -18,6 +18,7 @@ from transfer.metrics.clinical import CaseResult, cases_to_csv
 from transfer.models.unets import create_segmentation_net, forward_any_size
 from transfer.report import build_report
 from transfer.weights import WeightsError
+from transfer.statedict import StateDictMismatchError
 
 FLIR_MAP = {"person": 1, "bicycle": 2, "car": 3}
 
@@ -131,7 +132,7 @@ def test_sah_module_scores_odd_lps_volumes_case_by_case(tmp_path):
     from transfer.methods.sah.module import SegmentationModule
 
     root = rf.sah_datalist(tmp_path)
-    folds_main(["make", f"datalist={root / 'datalist.json'}", "k=3", "seed=0", f"out={root / 'folds.json'}"])
+    folds_main(["make", str(root / "datalist.json"), "--k", "3", "--seed", "0", "--out", str(root / "folds.json")])
     dm = VolumeDataModule(str(root / "datalist.json"), str(root / "folds.json"), fold=0, roi=[32, 32, 8])
     dm.setup()
     module = SegmentationModule(net={"name": "unet", "channels": [4, 8, 16], "strides": [2, 2]}).eval()
@@ -144,7 +145,7 @@ def test_sah_module_scores_odd_lps_volumes_case_by_case(tmp_path):
 def test_fold_file_of_another_datalist_or_splitting_a_patient_is_refused(tmp_path):
     root = rf.sah_datalist(tmp_path)
     datalist, folds = root / "datalist.json", root / "folds.json"
-    folds_main(["make", f"datalist={datalist}", "k=3", "seed=0", f"out={folds}"])
+    folds_main(["make", str(datalist), "--k", "3", "--seed", "0", "--out", str(folds)])
     cases = load_datalist(datalist)
     read_folds(folds, cases, datalist)  # the file made from this datalist is fine
     doc = json.loads(folds.read_text())
@@ -170,7 +171,7 @@ def test_datalist_without_patient_ids_is_flagged(tmp_path):
 
 def test_corrupt_nifti_names_the_case_and_keeps_its_cause(tmp_path):
     root = rf.sah_datalist(tmp_path)
-    folds_main(["make", f"datalist={root / 'datalist.json'}", "k=3", "seed=0", f"out={root / 'folds.json'}"])
+    folds_main(["make", str(root / "datalist.json"), "--k", "3", "--seed", "0", "--out", str(root / "folds.json")])
     vol = root / "imagesTr" / "sah_001_0.nii.gz"
     data = vol.read_bytes()
     vol.write_bytes(data[: len(data) // 2])  # header intact, data truncated: a broken download
@@ -215,7 +216,7 @@ def test_backbone_file_missing_body_tensors_names_them(tmp_path):
     state.pop("layer1.0.conv1.weight")
     state.pop("layer1.0.bn1.weight")
     save_file(state, tmp_path / "cut.safetensors")
-    with pytest.raises(WeightsError, match=r"2 missing tensors outside the classifier head \['layer1\.0\.conv1\.weight'"):
+    with pytest.raises(StateDictMismatchError, match=r"2 missing tensors outside the classifier head \['layer1\.0\.conv1\.weight'"):
         load_pretrained(timm.create_model("resnet18", num_classes=7), str(tmp_path / "cut.safetensors"))
 
 

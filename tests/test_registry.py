@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from transfer.models.detectors import DetectorWeightsError, create_detector, load_detector_weights
+from transfer.models.detectors import create_detector, load_detector_weights
 from transfer.models.registry import create_model, list_models, state_dict_fit
+from transfer.statedict import StateDictMismatchError
 
 
 def test_every_family_is_listed_and_built_by_name():
@@ -36,5 +37,5 @@ def test_one_fit_report_for_every_loader():
     model = create_model("detector/tiny_fcos", num_classes=3)
     state = model.state_dict()
     state.pop(next(iter(state)))
-    with pytest.raises(DetectorWeightsError, match="does not fit FCOS: 0 tensors of another shape, 1 missing"):
+    with pytest.raises(StateDictMismatchError, match="does not fit FCOS: 0 tensors of another shape, 1 missing"):
         load_detector_weights(model, state, "x.safetensors")

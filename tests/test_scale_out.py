@@ -16,6 +16,7 @@ TINY_SAH = ["experiment=sah_toy", "variants=null", "model.strategy=full", "data.
 
 
 @pytest.mark.slow  # four real job processes (~50 s): kept out of the default suite's 8-minute budget
+@pytest.mark.whole_machine
 def test_submitit_local_fold_sweep_equals_fold_all(tmp_path):
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
     sweep = cli("transfer.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY_SAH,

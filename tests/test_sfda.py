@@ -12,9 +12,11 @@ from conftest import cli, run_toy
 from datamodules import DomainDataModule, FewShotTargetDataModule
 from datamodules.domains import DatasetError
 from datamodules.synthetic import SyntheticDomainDataModule
-from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.safeload import CheckpointFileError
+from transfer.statedict import StateDictMismatchError
 from transfer.methods.sfda import (SAM, FewShotSFDAModule, MissingSourceModelError, SHOTNet, TargetClassesError,
                                    save_source_model)
+from transfer.methods.sfda.module import SOURCE_FREE
 from transfer.records import read_jsonl
 from transfer.collect import select_variants
 from transfer.runner import run
@@ -23,7 +25,7 @@ from transfer.runner import run
 TINY = ["experiment=sfda_toy", "callbacks=plain", "data.domains.per_class=12", "data.domains.size=16",
         "model.source_stage.data.per_class=12", "model.source_stage.data.size=16",
         "model.source_stage.max_epochs=1", "data.steps=4", "model.lp_steps=2", "trainer.val_check_interval=2",
-        "override_sets.unlabelled=['trainer.max_steps=-1','trainer.max_epochs=1','trainer.val_check_interval=1.0',"
+        "override_sets.unlabelled=['data.train_on=unlabelled','trainer.max_steps=-1','trainer.max_epochs=1','trainer.val_check_interval=1.0',"
         "'trainer.check_val_every_n_epoch=1','selection.protocol=last','selection.monitor=null']"]
 
 
@@ -151,6 +153,7 @@ def _export(tmp_path, classes, backbone="test_resnet", bottleneck=16) -> Path:
 def _adapt(tmp_path, source, strategy="ft", backbone="test_resnet", bottleneck=16, max_steps=3, **data_kw):
     import lightning as L
 
+    data_kw.setdefault("train_on", "unlabelled" if strategy in SOURCE_FREE else "shots")
     dm = FewShotTargetDataModule(_synthetic(tmp_path / "data", targets=["sketch"]), "sketch", shots=2, steps=max_steps,
                                  batch_size=8, **data_kw)
     model = FewShotSFDAModule(strategy=strategy, source_model=str(source), backbone=backbone, bottleneck=bottleneck,
@@ -167,7 +170,7 @@ SHAPES = ["circle", "square", "triangle", "cross", "star"]
 
 def test_source_checkpoint_of_another_architecture_or_label_space_is_refused(tmp_path):
     src = _export(tmp_path, SHAPES)
-    with pytest.raises(IncompatibleCheckpointError, match="source model is test_resnet with a 16-d bottleneck"):
+    with pytest.raises(StateDictMismatchError, match="source model is test_resnet with a 16-d bottleneck"):
         _adapt(tmp_path, src, bottleneck=32)
     other = _export(tmp_path / "o", ["circle", "square", "hexagon", "cross", "star"])
     with pytest.raises(TargetClassesError, match=r"\['triangle'\] are not among its classes"):
@@ -175,7 +178,7 @@ def test_source_checkpoint_of_another_architecture_or_label_space_is_refused(tmp
     with pytest.raises(MissingSourceModelError, match="experiment=sfda_source_"):
         _adapt(tmp_path, tmp_path / "nowhere.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(IncompatibleCheckpointError, match="bad.safetensors: not a readable safetensors"):
+    with pytest.raises(CheckpointFileError, match="bad.safetensors: not a readable safetensors"):
         _adapt(tmp_path, tmp_path / "bad.safetensors")
 
 
@@ -222,7 +225,8 @@ def test_adaptation_never_reads_source_domains(tmp_path, monkeypatch, make_cfg):
     from omegaconf import open_dict
 
     def cfg(strategy, name):
-        over = (["trainer.max_steps=-1", "trainer.max_epochs=1", "selection=last"] if strategy == "shot"
+        over = (["data.train_on=unlabelled", "trainer.max_steps=-1", "trainer.max_epochs=1", "selection=last"]
+                if strategy == "shot"
                 else ["trainer.max_epochs=-1", "selection=fewshot_val"])
         c = make_cfg(*TINY, "scenarios=null", "variants=null", "sweep=null", f"model.strategy={strategy}", *over,
                      run_dir=tmp_path / name)
@@ -267,10 +271,11 @@ def test_snd_selection_picks_the_densest_candidate_per_seed():
 
 
 @pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests
+@pytest.mark.whole_machine
 def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir):
     """SHOT over 2 gloo processes (memory banks and SND gathered across ranks), then the last checkpoint scored
     in one process must give the same target accuracy."""
-    args = [*TINY, "scenarios=null", "variants=null", "sweep=null", "model.strategy=nrc", "trainer.max_steps=-1",
+    args = [*TINY, "scenarios=null", "variants=null", "sweep=null", "model.strategy=nrc", "data.train_on=unlabelled", "trainer.max_steps=-1",
             "trainer.max_epochs=1", "selection=last", f"paths.cache_dir={cache_dir}"]
     res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
               "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, cli, repo_root
-from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.statedict import StateDictMismatchError
 from transfer.records import read_jsonl
 from transfer.runner import run
 
@@ -111,7 +111,7 @@ def test_checkpoint_of_another_model_gives_a_clear_error(trained, make_cfg, tmp_
     ckpt = rows[0]["checkpoint"]
     cfg = make_cfg("experiment=source_only_toy", *TINY, "model.backbone=test_efficientnet",
                    f"ckpt_path={ckpt}", config_name="eval", run_dir=tmp_path / "other")
-    with pytest.raises(IncompatibleCheckpointError, match=r"different model.*backbone='test_resnet'") as e:
+    with pytest.raises(StateDictMismatchError, match=r"different model.*backbone='test_resnet'") as e:
         run(cfg)
     assert len(str(e.value)) < 600  # a sentence, not a dump of every tensor
 
@@ -123,6 +123,7 @@ def test_unknown_experiment_lists_available_ones(tmp_path):
 
 
 @pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests
+@pytest.mark.whole_machine
 def test_ddp_two_processes_match_single_process_metrics(tmp_path, cache_dir):
     """Train with strategy=ddp over 2 gloo processes from the CLI (any cwd), then score the selected
     checkpoint in one process: the DDP-synced torchmetrics values must equal the single-process ones."""

@@ -12,6 +12,7 @@ from transfer.models.backbones import create_classifier
 from transfer.records import append_jsonl, git_commit, read_jsonl
 from transfer.weights import WeightsEntry, WeightsError, load_registry, resolve, sha256sum
 from transfer.safeload import load_state_dict
+from transfer.statedict import StateDictMismatchError
 
 
 def test_missing_weights_name_the_file_to_place_and_checksum(tmp_path):
@@ -65,7 +66,7 @@ def test_pretrained_backbone_from_file_skips_a_head_of_other_size(tmp_path):
     stem = next(k for k in model.state_dict() if k.endswith("weight"))
     assert torch.equal(model.state_dict()[stem], src.state_dict()[stem])
     assert model.get_classifier().out_features == 5
-    with pytest.raises(WeightsError, match="does not fit"):
+    with pytest.raises(StateDictMismatchError, match="does not fit"):
         create_classifier("test_efficientnet", num_classes=5, pretrained=str(f))
 
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from transfer.adapters import adapter_state_dict
-from transfer.models.registry import state_dict_fit
+from transfer.statedict import StateDictMismatchError, state_dict_fit
 from datamodules.files import atomic_path
 from transfer.safeload import CheckpointFileError, load_checkpoint_file
 
@@ -33,10 +33,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.unlink(path)
 
 
-class IncompatibleCheckpointError(RuntimeError):
-    """The checkpoint was written by a model of another architecture or size."""
-
-
 def check_compatible(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
                      what: str = "checkpoint", hint: str = "") -> None:
     fit = state_dict_fit(own, theirs)
@@ -50,9 +46,8 @@ def check_compatible(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch
             parts.append(f"{len(missing)} expected tensors are absent (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} tensors are unknown to this model (e.g. {unexpected[0]})")
-        raise IncompatibleCheckpointError(
-            f"{what} was saved from a different model: " + "; ".join(parts) + (f". {hint}" if hint else "")
-        )
+        raise StateDictMismatchError(
+            f"{what} was saved from a different model: " + "; ".join(parts) + (f". {hint}" if hint else ""), fit)
 
 
 class CompatibleCheckpointMixin:

@@ -11,7 +11,6 @@ beside its ``results.jsonl``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,7 @@ from omegaconf import DictConfig
 
 from datamodules.contract import check_data_module
 from transfer import experiments
-from datamodules.files import atomic_write_text
-
-experiments.register()
-
-
-def write_summary(datamodule, path: str | Path) -> dict[str, Any]:
-    summary = datamodule.data_summary()
-    atomic_write_text(path, json.dumps(summary, indent=1, default=str) + "\n")
-    return summary
+from transfer.records import write_summary
 
 
 def data_only(cfg: DictConfig):
@@ -75,13 +66,11 @@ def check(cfg: DictConfig, out: str | Path | None = None) -> dict[str, Any]:
 def compose_cli(overrides: list[str]) -> DictConfig:
     """The config ``python -m transfer.train`` would run with these overrides, composed without a run folder; a
     config error ends the command with its message (exit 2)."""
-    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
+        return experiments.compose(overrides)
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 ENV_VAR = "TRANSFER_EXPERIMENTS_DIR"
 # old name -> new name; the old names keep working until release 0.3 (CHANGELOG.md), with a note when used
@@ -58,7 +58,7 @@ def sfda_pairs(folder: Path) -> dict:
     """The named few-shot SFDA experiments, composed from one file per dataset and stage (``sfda_<dataset>.yaml``,
     ``sfda_source_<dataset>.yaml``): ``sfda_source_<dataset>_<source>`` and ``sfda_<dataset>_<source>_<target>``.
     A change to the protocol is one edit of the dataset's file."""
-    from datamodules.domains import DESCRIPTORS
+    from datamodules.catalogue import DESCRIPTORS
 
     out = {}
     for dataset, pairs in SFDA_PAIRS.items():
@@ -101,6 +101,18 @@ def register() -> Path:
             node.experiment_name = new
             store.store(group="experiment", name=old, node=node, package="_global_")
     return folder
+
+
+def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The config ``python -m transfer.<config_name>`` would run with these overrides, without Hydra's run
+    machinery (no run folder, no logging set-up); experiments are registered first."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def renamed_note(overrides: list[str]) -> str | None:

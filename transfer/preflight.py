@@ -237,14 +237,12 @@ class Preflight(Callback):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors about the user's files and settings (each names the file and the problem), not bugs."""
     from datamodules.errors import DatasetError
-    from transfer.adapters.io import AdapterCheckpointError
-    from transfer.checkpoints import IncompatibleCheckpointError
     from transfer.methods.sfda.source import MissingSourceModelError
     from transfer.weights import WeightsError
     from transfer.safeload import CheckpointFileError
+    from transfer.statedict import StateDictMismatchError
 
-    return (DatasetError, WeightsError, CheckpointFileError, AdapterCheckpointError, IncompatibleCheckpointError,
-            MissingSourceModelError)
+    return (DatasetError, WeightsError, CheckpointFileError, StateDictMismatchError, MissingSourceModelError)
 
 
 @contextmanager

@@ -84,3 +84,10 @@ def rows_from_metrics(
         {**base, "split": split, "target": target, "metrics": m, "time": now}
         for target, m in sorted(per_target.items())
     ]
+
+
+def write_summary(datamodule, path: str | Path) -> dict[str, Any]:
+    """The data module's ``data_summary()`` (layout, counts, classes, drops, fallbacks) as JSON at ``path``."""
+    summary = datamodule.data_summary()
+    atomic_write_text(path, json.dumps(summary, indent=1, default=str) + "\n")
+    return summary

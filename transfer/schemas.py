@@ -9,39 +9,72 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import os
 import typing
 from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
 from hydra.core.config_store import ConfigStore
 
-PLAIN = (int, float, bool, str)
+PLAIN = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _plain(tp) -> Any:
-    """``tp`` when OmegaConf can check it (a plain type, optionally None), else ``Any``."""
-    if tp in PLAIN:
-        return tp
+def _type_name(tp) -> str:
+    """``int``, ``Optional[int]`` (OmegaConf can check these) or ``Any``."""
+    for name, plain in PLAIN.items():
+        if tp is plain:
+            return name
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Union and len(args) == 2 and type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        if inner in PLAIN:
-            return Optional[inner]
-    return Any
+        inner = _type_name(next(a for a in args if a is not type(None)))
+        if inner != "Any":
+            return f"Optional[{inner}]"
+    return "Any"
 
 
-def trainer_schema() -> type:
+def trainer_fields_from_lightning() -> list[list]:
+    """``[name, type name, default]`` for every argument of ``lightning.pytorch.Trainer``."""
+    import lightning as L
+
     hints = typing.get_type_hints(L.Trainer.__init__)
-    fields = [("_target_", str, field(default="lightning.pytorch.Trainer"))]
+    fields = []
     for name, p in inspect.signature(L.Trainer.__init__).parameters.items():
         if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
-        tp = _plain(hints.get(name, Any))
-        default = p.default if isinstance(p.default, (*PLAIN, type(None))) else None
-        if tp is not Any and default is None and typing.get_origin(tp) is not typing.Union:
-            tp = Optional[tp]
-        fields.append((name, tp, field(default=default)))
+        tp = _type_name(hints.get(name, Any))
+        default = p.default if isinstance(p.default, (int, float, bool, str, type(None))) else None
+        if tp in PLAIN and default is None:
+            tp = f"Optional[{tp}]"
+        fields.append([name, tp, default])
+    return fields
+
+
+def trainer_fields() -> list[list]:
+    """:func:`trainer_fields_from_lightning`, cached per Lightning version: importing Lightning takes seconds, and a
+    command refused at composition (a typo, a missing dataset) should answer without it."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transfer" / \
+        f"trainer_schema-lightning-{version('lightning')}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        fields = trainer_fields_from_lightning()
+    try:
+        from datamodules.files import atomic_write_text
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(fields))
+    except OSError:
+        pass  # a read-only home: derive it each time
+    return fields
+
+
+def trainer_schema() -> type:
+    types = {**PLAIN, "Any": Any, **{f"Optional[{n}]": Optional[t] for n, t in PLAIN.items()}}
+    fields = [("_target_", str, field(default="lightning.pytorch.Trainer"))]
+    fields += [(name, types[tp], field(default=default)) for name, tp, default in trainer_fields()]
     return dataclasses.make_dataclass("TrainerSchema", fields)
 
 
@@ -80,8 +113,6 @@ class RunSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     paths: Any = None
     weights: WeightsSchema = field(default_factory=WeightsSchema)
-    detector: Any = None
-    translator: Any = None
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transfer.checkpoints import AtomicCheckpointIO
-from transfer.data import write_summary
+from transfer.records import write_summary
 from datamodules.contract import check_data_module
 from transfer.methods.base import check_method
 from transfer.optim import plain_specs

@@ -27,6 +27,26 @@ class StateDictFit:
                 f"{len(self.unexpected)} unexpected (e.g. '{example}')")
 
 
+class StateDictMismatchError(RuntimeError):
+    """A state dict (checkpoint, weights file, adapter file, translator) does not fit the model it is loaded into.
+    ``fit`` holds the comparison when there was one (None when the mismatch was found from metadata alone)."""
+
+    def __init__(self, message: str, fit: StateDictFit | None = None):
+        super().__init__(message)
+        self.fit = fit
+
+
+def require_fit(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, target: str,
+                hint: str = "", ignore: Callable[[str], bool] = lambda k: False) -> StateDictFit:
+    """:func:`state_dict_fit`, raising :class:`StateDictMismatchError` ("SOURCE does not fit TARGET: ...") unless
+    every tensor fits."""
+    fit = state_dict_fit(own, state, ignore)
+    if not fit.ok:
+        raise StateDictMismatchError(f"{source} does not fit {target}: {fit.describe()}" + (f"; {hint}" if hint else ""),
+                                     fit)
+    return fit
+
+
 def state_dict_fit(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                    ignore: Callable[[str], bool] = lambda k: False) -> StateDictFit:
     """The one comparison every loader makes (``ignore`` drops keys from both sides, e.g. BatchNorm counters)."""

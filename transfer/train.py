@@ -11,15 +11,18 @@ from omegaconf import DictConfig
 from transfer import experiments
 from transfer.preflight import expected_errors
 
-experiments.register()
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from transfer.runner import run  # after the preflight: a command that stops there returns in seconds
 
     with expected_errors():
         run(cfg)
+
+
+def main() -> None:
+    experiments.register()  # into Hydra's config store, before Hydra composes the command line
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -19,14 +19,11 @@ from datamodules.files import atomic_path, atomic_write_text
 from .config import AdapterConfig
 from .inject import _set, adapter_layers, mark_trainable
 from .layer import AdapterLayer
-from ..statedict import StateDictFit, state_dict_fit
+from ..safeload import CheckpointFileError
+from ..statedict import StateDictFit, StateDictMismatchError, state_dict_fit
 
 FORMAT = "transfer-adapters/1"
 TENSORS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
-
-
-class AdapterCheckpointError(RuntimeError):
-    """An adapter file does not fit the model it is loaded into."""
 
 
 def _layer_spec(layer: AdapterLayer) -> dict:
@@ -48,7 +45,7 @@ def save_adapters(model: nn.Module, folder: str | Path, config: AdapterConfig | 
     folder.mkdir(parents=True, exist_ok=True)
     layers = adapter_layers(model)
     if not layers:
-        raise AdapterCheckpointError("the model carries no adapter layers; nothing to save")
+        raise ValueError("the model carries no adapter layers; nothing to save")
     meta = {"format": FORMAT, "config": config.to_dict() if config else None,
             "modules": {n: _layer_spec(layer) for n, layer in layers.items()}}
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
@@ -61,14 +58,14 @@ def save_adapters(model: nn.Module, folder: str | Path, config: AdapterConfig | 
 def read_adapter_meta(folder: str | Path) -> dict:
     path = Path(folder) / TENSORS
     if not path.exists():
-        raise AdapterCheckpointError(f"{path}: no adapter file")
+        raise CheckpointFileError(f"{path}: no adapter file")
     with safe_open(str(path), "pt") as f:
         raw = (f.metadata() or {}).get("transfer")
     if raw is None:
-        raise AdapterCheckpointError(f"{path}: not a transfer adapter file (no 'transfer' metadata)")
+        raise CheckpointFileError(f"{path}: not a transfer adapter file (no 'transfer' metadata)")
     meta = json.loads(raw)
     if meta.get("format") != FORMAT:
-        raise AdapterCheckpointError(f"{path}: unknown adapter format {meta.get('format')!r}")
+        raise CheckpointFileError(f"{path}: unknown adapter format {meta.get('format')!r}")
     return meta
 
 
@@ -80,10 +77,10 @@ def load_adapters(model: nn.Module, folder: str | Path, inject_missing: bool = T
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise AdapterCheckpointError(f"{path}: module '{name}' does not exist in this model") from None
+            raise StateDictMismatchError(f"{path}: module '{name}' does not exist in this model") from None
         base = module.base if isinstance(module, AdapterLayer) else module
         if type(base).__name__ != spec["base_type"] or list(base.weight.shape) != spec["weight_shape"]:
-            raise AdapterCheckpointError(
+            raise StateDictMismatchError(
                 f"{path}: module '{name}' was {spec['base_type']} {tuple(spec['weight_shape'])} when saved, "
                 f"this model has {type(base).__name__} {tuple(base.weight.shape)}"
             )
@@ -91,15 +88,16 @@ def load_adapters(model: nn.Module, folder: str | Path, inject_missing: bool = T
         if isinstance(module, AdapterLayer):
             have = {k: v for k, v in _layer_spec(module).items() if k in wanted}
             if have != wanted:
-                raise AdapterCheckpointError(f"{path}: module '{name}' carries {have}, the file holds {wanted}")
+                raise StateDictMismatchError(f"{path}: module '{name}' carries {have}, the file holds {wanted}")
         elif inject_missing:
             _set(model, name, AdapterLayer(module, AdapterConfig(**wanted)))
         else:
-            raise AdapterCheckpointError(f"{path}: module '{name}' has no adapter (use inject_missing=True)")
+            raise StateDictMismatchError(f"{path}: module '{name}' has no adapter (use inject_missing=True)")
     tensors = load_file(str(path))
     fit = state_dict_fit(model.state_dict(), tensors)  # an adapter file holds a part of the model: none missing
     if fit.unexpected or fit.mis_shaped:
-        raise AdapterCheckpointError(f"{path}: tensors do not fit this model: {StateDictFit([], fit.unexpected, fit.mis_shaped).describe()}")
+        part = StateDictFit([], fit.unexpected, fit.mis_shaped)
+        raise StateDictMismatchError(f"{path}: tensors do not fit this model: {part.describe()}", part)
     model.load_state_dict(tensors, strict=False)
     if meta.get("config"):
         mark_trainable(model, AdapterConfig(**meta["config"]))
@@ -124,8 +122,9 @@ def load_base_weights(model: nn.Module, state: dict[str, torch.Tensor], source: 
     fit = state_dict_fit(own, mapped, ignore=lambda k: any(t in k for t in _ADAPTER_TENSORS)
                          or k.endswith("num_batches_tracked") or not k.startswith(prefix))
     if fit.unexpected or fit.mis_shaped:
-        raise AdapterCheckpointError(f"{source}: tensor '{(fit.unexpected + fit.mis_shaped)[0]}' does not fit this "
-                                     f"model ({fit.describe()}); saved from another architecture?")
+        raise StateDictMismatchError(f"{source}: tensor '{(fit.unexpected + fit.mis_shaped)[0]}' does not fit this "
+                                     f"model ({fit.describe()}); saved from another architecture?", fit)
     if fit.missing:
-        raise AdapterCheckpointError(f"{source}: {len(fit.missing)} tensors of the model are missing (e.g. '{fit.missing[0]}')")
+        raise StateDictMismatchError(f"{source}: {len(fit.missing)} tensors of the model are missing "
+                                     f"(e.g. '{fit.missing[0]}')", fit)
     model.load_state_dict(mapped, strict=False)

@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 from transfer.models.registry import register_family
-from transfer.weights import WeightsError, resolve
+from transfer.weights import resolve
 from transfer.safeload import load_state_dict
-from transfer.statedict import state_dict_fit
+from transfer.statedict import StateDictMismatchError, state_dict_fit
 
 log = logging.getLogger("transfer")
 
@@ -44,10 +44,9 @@ def load_pretrained(model: nn.Module, weights: str, *, skip_mismatched_head: boo
     unexpected = [k for k in fit.unexpected if k not in dropped]
     not_head = [k for k in fit.missing if k not in head]
     if bad or not_head or unexpected:
-        raise WeightsError(
+        raise StateDictMismatchError(
             f"{path} does not fit {type(model).__name__}: {len(not_head)} missing tensors outside the classifier head "
-            f"{not_head[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(bad)} of another shape {bad[:3]}"
-        )
+            f"{not_head[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(bad)} of another shape {bad[:3]}", fit)
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped and k not in dropped}, strict=False)
     missing = [k for k in own if k in fit.missing or k in skipped]
     if missing:

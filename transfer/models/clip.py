@@ -17,7 +17,7 @@ from torch import nn
 from transfer.weights import resolve
 
 from transfer.safeload import load_state_dict
-from transfer.statedict import state_dict_fit
+from transfer.statedict import require_fit
 
 open_clip.add_model_config(Path(__file__).with_name("clip_configs"))
 
@@ -72,9 +72,7 @@ class FrozenClip(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         path = Path(path)
         state = load_state_dict(path)
-        fit = state_dict_fit(self.model.state_dict(), state)
-        if not fit.ok:
-            raise ValueError(f"{path}: CLIP weights do not fit {self.name}: {fit.describe()}")
+        require_fit(self.model.state_dict(), state, str(path), f"CLIP model {self.name}")
         self.model.load_state_dict(state)
         stat = path.stat()
         self.identity = f"{self.name}:{path.name}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -22,7 +22,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from transfer.models.registry import names_from, register_family, state_dict_fit
+from transfer.models.registry import names_from, register_family
+from transfer.statedict import require_fit
 from transfer.weights import random_init_requested, resolve
 from transfer.safeload import load_state_dict
 
@@ -31,10 +32,6 @@ TORCHVISION = {
     "retinanet": torchvision.models.detection.retinanet_resnet50_fpn,
     "fasterrcnn": torchvision.models.detection.fasterrcnn_resnet50_fpn,
 }
-
-
-class DetectorWeightsError(RuntimeError):
-    """A detector checkpoint does not fit the detector it is loaded into."""
 
 
 class TinyBackbone(nn.Module):
@@ -108,10 +105,7 @@ def create_detector(name: str, weights: str | None = None, num_classes: int = 91
 
 def load_detector_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    fit = state_dict_fit(model.state_dict(), state)
-    if not fit.ok:
-        raise DetectorWeightsError(f"{source} does not fit {type(model).__name__}: {fit.describe()}; is it a checkpoint "
-                                   f"of another detector?")
+    require_fit(model.state_dict(), state, source, type(model).__name__, hint="is it a checkpoint of another detector?")
     model.load_state_dict(state)
 
 

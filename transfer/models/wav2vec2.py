@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
-from transfer.models.registry import names_from, register_family, state_dict_fit
+from transfer.models.registry import names_from, register_family
+from transfer.statedict import require_fit
 from transfer.weights import random_init_requested, resolve
 from transfer.safeload import load_checkpoint_file, load_state_dict, state_dict_of
 
@@ -111,9 +112,7 @@ def create_wav2vec2(name: str = "tiny", weights: str | None = None) -> nn.Module
             state = from_huggingface(state)
         own = model.state_dict()
         state = _weight_norm_names(state, own)
-        fit = state_dict_fit(own, state)
-        if not fit.ok:
-            raise ValueError(f"{path} is not a torchaudio wav2vec2 '{name}' state dict: {fit.describe()}")
+        require_fit(own, state, str(path), f"torchaudio wav2vec2 '{name}'")
         model.load_state_dict(state)
     return model
 

@@ -13,16 +13,11 @@ from transfer.weights import LOCK_FILE, WeightsEntry, WeightsError, load_lock, l
 
 def names_in_experiment(experiment: str, overrides: list[str] | None = None) -> list[str]:
     """Registered weights names an experiment refers to (any string value of its composed config)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from transfer import experiments
 
-    experiments.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="transfer.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *(overrides or [])])
+    cfg = experiments.compose([f"experiment={experiment}", *(overrides or [])])
     registry, found = load_registry(), []
 
     def walk(node):

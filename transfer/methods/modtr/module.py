@@ -20,7 +20,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from transfer.methods.base import MethodModule
-from transfer.checkpoints import IncompatibleCheckpointError
+from transfer.statedict import StateDictMismatchError
 from transfer.optim import configured, make_optimizer, make_scheduler
 from transfer.stages import cached_stage, stage_file, stage_trainer
 from transfer.models import create_model
@@ -217,7 +217,7 @@ class ModTrModule(MethodModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("detector")
         if saved and checkpoint.get("partial_state_dict") and saved["hash"] != self.detector_hash:
-            raise IncompatibleCheckpointError(
+            raise StateDictMismatchError(
                 f"this translator was trained against detector {saved['name']} with weights hash {saved['hash']}, "
                 f"but this run's detector {self.hparams.detector['name']} has hash {self.detector_hash}"
             )

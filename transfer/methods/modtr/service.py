@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transfer.stages import save_tensors
-from transfer.safeload import load_checkpoint_file
+from transfer.safeload import CheckpointFileError, load_checkpoint_file
+from transfer.statedict import StateDictMismatchError
 from transfer.models import create_model
 from transfer.models.detectors import TorchvisionDetector
 from transfer.models.translators import IdentityTranslator
@@ -28,10 +29,6 @@ def build_translator(spec: dict) -> nn.Module:
     """A translator from its spec (``name`` and the family's arguments), through the model registry."""
     spec = dict(spec)
     return create_model(f"translator/{spec.pop('name', 'unet')}", **spec)
-
-
-class TranslatorMismatchError(RuntimeError):
-    """A translator was trained against another detector, or the file is not a translator artefact."""
 
 
 def save_translator(module, path: str | Path) -> Path:
@@ -46,7 +43,7 @@ def read_translator_meta(path: str | Path) -> dict:
         raw = (f.metadata() or {}).get("transfer")
     meta = json.loads(raw) if raw else {}
     if meta.get("format") != FORMAT:
-        raise TranslatorMismatchError(f"{path}: not a ModTr translator artefact")
+        raise CheckpointFileError(f"{path}: not a ModTr translator artefact")
     return meta
 
 
@@ -81,8 +78,8 @@ class DetectionService:
             translator, meta = load_translator(translator)
             det = meta["detector"]
             if det["hash"] != self.hash:
-                raise TranslatorMismatchError(
-                    f"translator for '{modality}' was trained against {det['name']} (weights hash {det['hash']}); "
+                raise StateDictMismatchError(
+                    f"{translator}: the translator for '{modality}' was trained against {det['name']} (weights hash {det['hash']}); "
                     f"this service runs {self.detector_name} (hash {self.hash})"
                 )
         self.translators[modality] = translator.eval()

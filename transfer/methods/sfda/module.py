@@ -114,12 +114,13 @@ class FewShotSFDAModule(MethodModule):
             self.hparams.num_classes = len(info["classes"])
         elif dm is not None and dm.num_classes != self.hparams.num_classes:
             raise TargetClassesError(f"model has {self.hparams.num_classes} classes, the target has {dm.num_classes}")
-        if dm is not None and hasattr(dm, "train_on"):
+        if dm is not None and stage == "fit":
             wanted = "unlabelled" if self.hparams.strategy in SOURCE_FREE else "shots"
-            if dm.train_on not in (None, wanted):
+            if dm.train_on != wanted:
                 raise ValueError(f"strategy '{self.hparams.strategy}' trains on the {wanted} target data, but "
-                                 f"data.train_on is '{dm.train_on}'; leave it unset (null)")
-            dm.train_on = wanted
+                                 f"data.train_on is '{dm.train_on}': set data.train_on={wanted}"
+                                 + (" (the @unlabelled override set does, with the source-free schedule)"
+                                    if wanted == "unlabelled" else ""))
         n = self.hparams.num_classes
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")

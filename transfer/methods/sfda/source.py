@@ -13,7 +13,9 @@ from typing import Mapping
 import torch
 from safetensors import safe_open
 
-from transfer.checkpoints import IncompatibleCheckpointError, check_compatible
+from transfer.checkpoints import check_compatible
+from transfer.safeload import CheckpointFileError
+from transfer.statedict import StateDictMismatchError
 from transfer.optim import make_optimizer
 from transfer.stages import save_tensors
 from transfer.methods.source_only import SourceOnlyClassifier
@@ -41,9 +43,9 @@ def source_model_info(path: str | Path) -> dict:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for a corrupt header
-        raise IncompatibleCheckpointError(f"{path}: not a readable safetensors source model ({e})") from None
+        raise CheckpointFileError(f"{path}: not a readable safetensors source model ({e})") from None
     if not {"backbone", "bottleneck", "classes"} <= set(meta):
-        raise IncompatibleCheckpointError(f"{path}: no source-model metadata (backbone, bottleneck, classes); "
+        raise CheckpointFileError(f"{path}: no source-model metadata (backbone, bottleneck, classes); "
                                           f"export it with transfer.methods.sfda.save_source_model")
     return {"backbone": meta["backbone"], "bottleneck": int(meta["bottleneck"]), "classes": json.loads(meta["classes"])}
 
@@ -53,7 +55,7 @@ def load_source_model(net: SHOTNet, path: str | Path, backbone: str, bottleneck:
 
     info = source_model_info(path)
     if (info["backbone"], info["bottleneck"]) != (backbone, bottleneck):
-        raise IncompatibleCheckpointError(
+        raise StateDictMismatchError(
             f"{path}: source model is {info['backbone']} with a {info['bottleneck']}-d bottleneck, this run builds "
             f"{backbone} with {bottleneck}; set model.backbone / model.bottleneck to match")
     state = load_file(str(path))
