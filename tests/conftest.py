@@ -4,6 +4,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import subprocess  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -36,27 +37,66 @@ def pytest_configure(config):
                             "run in parallel it runs alone, so the processes do not fight the other workers for cores")
 
 
-@pytest.fixture(autouse=True)
-def _cores(request):
-    """Under pytest-xdist, ``whole_machine`` tests hold the machine alone and the others share it: a readers-writer
-    lock over files (flock), writer-first through a turnstile so a waiting ``whole_machine`` test is not starved."""
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if uid is None:  # one process: nothing to share
-        yield
-        return
-    import fcntl
-    import tempfile
+class Cores:
+    """Under pytest-xdist, tests that start several processes (DDP, concurrent runs) take the machine alone, so
+    their processes do not fight the other workers for cores; the other tests share it. A readers-writer lock over
+    files (flock), writer-first through a turnstile so that a test waiting to be alone is not starved. A test holds
+    the machine alone throughout with the ``whole_machine`` mark, or only around its multi-process part with
+    ``with cores.alone():``, so that what it does in one process overlaps with the other workers."""
 
-    base = Path(tempfile.gettempdir()) / f"transfer-tests-{uid}"
-    with open(f"{base}.turnstile", "a+") as turnstile, open(f"{base}.cores", "a+") as cores:
-        alone = request.node.get_closest_marker("whole_machine") is not None
+    def __init__(self, base: Path | None):
+        self.base = base
+        self._files = None
+
+    def _lock(self, exclusive: bool) -> None:
+        import fcntl
+
+        turnstile, cores = self._files
         fcntl.flock(turnstile, fcntl.LOCK_EX)
-        fcntl.flock(cores, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(cores, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+    def _unlock(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._files[1], fcntl.LOCK_UN)
+
+    @contextmanager
+    def held(self, exclusive: bool):
+        if self.base is None:  # one process: nothing to share
+            yield self
+            return
+        with open(f"{self.base}.turnstile", "a+") as turnstile, open(f"{self.base}.cores", "a+") as cores:
+            self._files = (turnstile, cores)
+            self._lock(exclusive)
+            try:
+                yield self
+            finally:
+                self._unlock()
+                self._files = None
+
+    @contextmanager
+    def alone(self):
+        if self._files is None:
+            yield
+            return
+        self._unlock()
+        self._lock(exclusive=True)
         try:
             yield
         finally:
-            fcntl.flock(cores, fcntl.LOCK_UN)
+            self._unlock()
+            self._lock(exclusive=False)
+
+
+@pytest.fixture(autouse=True)
+def cores(request):
+    import tempfile
+
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = Path(tempfile.gettempdir()) / f"transfer-tests-{uid}" if uid else None
+    with Cores(base).held(exclusive=request.node.get_closest_marker("whole_machine") is not None) as held:
+        yield held
 
 
 @pytest.fixture(scope="session")

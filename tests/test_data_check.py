@@ -99,7 +99,8 @@ def test_check_cli_on_a_toy_prints_and_writes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("toy", ["source_only_toy", "sfda_toy", "landa_toy", "modtr_toy", "sah_toy", "moelora_toy"])
 def test_check_every_toy(tmp_path, cache_dir, toy):
-    small = {"moelora_toy": ["data.n_train=8", "data.n_dev=4", "data.n_eval=4", "data.n_ood=8"]}  # its clips are written here
+    small = {"moelora_toy": ["data.n_train=8", "data.n_dev=4", "data.n_eval=4", "data.n_ood=8"],  # clips written here
+             "source_only_toy": ["data.per_class=8"]}
     cfg = compose_config([f"experiment={toy}", *small.get(toy, [])], tmp_path / "run", cache_dir)
     s = check(cfg)
     assert s["splits"] and not s.get("official")  # generated data is never compared with a release's counts

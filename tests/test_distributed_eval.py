@@ -34,7 +34,8 @@ def _worker(rank: int, world: int, port: int, out) -> None:
 @pytest.mark.whole_machine
 def test_two_processes_see_each_sample_once_and_gather_all_of_them():
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    # forked: the workers inherit this process's imports instead of spending seconds on their own
+    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="fork")
     (seen0, all0, probs0), (seen1, all1, probs1) = out[0], out[1]
     assert seen0 == [0, 2, 4, 6] and seen1 == [1, 3, 5]  # uneven shards, no repeated sample
     assert all0 == all1 == [0, 2, 4, 6, 1, 3, 5]  # rank order, the same on every process

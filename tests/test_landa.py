@@ -282,16 +282,14 @@ def test_toy_variants_run_and_compare(make_cfg, tmp_path):
 
 
 @pytest.mark.slow  # two processes on a 2-core machine: with the slow tests, to keep the default suite under 8 min
-@pytest.mark.whole_machine
-def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir):
+def test_ddp_matches_single_process_evaluation(tmp_path, cache_dir, make_cfg, cores):
     args = [*TINY, "variants=null", "model.method=landa", "selection=last", f"paths.cache_dir={cache_dir}"]
-    res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
-              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    with cores.alone():
+        res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
+                  "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [r for r in read_jsonl(tmp_path / "ddp" / "results.jsonl") if r["split"] == "test"]
-    res = cli("transfer.eval", *args, f"ckpt_path={rows[0]['checkpoint']}",
-              f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    runner.run(make_cfg(*args, f"ckpt_path={rows[0]['checkpoint']}", config_name="eval", run_dir=tmp_path / "single"))
     single = {r["target"]: r["metrics"]["acc"] for r in read_jsonl(tmp_path / "single" / "results.jsonl")
               if r["split"] == "test"}
     assert {r["target"]: r["metrics"]["acc"] for r in rows} == pytest.approx(single, abs=1e-6)

@@ -19,6 +19,7 @@ from transfer.methods.modtr import DetectionService, HistEqTranslator, ModTrModu
 from transfer.models.detectors import TorchvisionDetector, create_detector
 from transfer.models.translators import FUSIONS, create_translator, fuse
 from transfer.records import read_jsonl
+from transfer.runner import run
 
 FLIR = {"person": 1, "bicycle": 2, "car": 3}
 
@@ -305,24 +306,22 @@ def test_modtr_toy_meets_the_acceptance_bands(tmp_path):
 
 
 @pytest.mark.slow  # two processes on a 2-core machine: with the slow tests, to keep the default suite under 8 min
-@pytest.mark.whole_machine
-def test_ddp_modtr_run_matches_single_process_evaluation(tmp_path):
+def test_ddp_modtr_run_matches_single_process_evaluation(tmp_path, make_cfg, cores):
     """ModTr trained with strategy=ddp on 2 gloo processes; its synced test mAPs equal a one-process
     evaluation of the same translator checkpoint."""
     common = ["experiment=modtr_toy", "variants=null", "data.n_train=48", "data.n_test=16", "data.size=32",
               "model.detector.size=32", "model.pretrain.steps=6", "data.batch_size=4", "callbacks=plain",
               f"paths.cache_dir={tmp_path / 'cache'}"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=tmp_path, capture_output=True,  # noqa: E731
-                                    text=True, timeout=600, env=env)
-    res = run("transfer.train", *common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-              "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'ddp'}")
+    with cores.alone():
+        res = subprocess.run([sys.executable, "-m", "transfer.train", *common, "trainer=ddp", "trainer.accelerator=cpu",
+                              "trainer.devices=2", "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     ddp = {r["target"]: r for r in read_jsonl(tmp_path / "ddp" / "results.jsonl") if r["split"] == "test"}
     assert ddp["rgb"]["metrics"]["detector_unchanged"] == 1.0
-    res = run("transfer.eval", *common, "trainer=cpu", f"ckpt_path={ddp['ir']['checkpoint']}",
-              f"hydra.run.dir={tmp_path / 'single'}")
-    assert res.returncode == 0, res.stderr[-3000:]
+    run(make_cfg(*common, "trainer=cpu", f"ckpt_path={ddp['ir']['checkpoint']}", config_name="eval",
+                 run_dir=tmp_path / "single"))
     single = {r["target"]: r for r in read_jsonl(tmp_path / "single" / "results.jsonl") if r["split"] == "test"}
     for target in ("ir", "ir_zero_shot", "rgb"):
         assert single[target]["metrics"]["map"] == pytest.approx(ddp[target]["metrics"]["map"], abs=1e-6)

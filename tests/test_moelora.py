@@ -81,8 +81,10 @@ def test_rawboost_is_seeded_and_changes_the_signal():
 
 @pytest.mark.whole_machine
 def test_ddp_scores_each_trial_once(tmp_path):
-    """2 gloo processes (MoE with top-2 routing); the padded distributed sampler must not duplicate trials."""
-    res = subprocess.run([sys.executable, "-m", "transfer.train", *TINY, "model.moe.top_k=2", "trainer=ddp",
+    """2 gloo processes (MoE with top-2 routing) started together by torchrun (Lightning's own launcher is tested
+    in the slow suite); the padded distributed sampler must not duplicate trials."""
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "transfer.train", *TINY, "model.moe.top_k=2", "trainer=ddp",
                           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.use_distributed_sampler=true",
                           "trainer.strategy=ddp_find_unused_parameters_true",
                           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'ddp'}"],

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import soundfile as sf
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import TINY, cli, compose_config, repo_root
@@ -55,6 +56,7 @@ def _rows(path: Path) -> list[dict]:
 
 def test_masks_are_in_each_scans_grid_and_volumes_follow_the_voxels(seg_run, scans, tmp_path):
     assert predict([str(seg_run), "-i", str(scans), "-o", str(tmp_path / "out")]) == 0
+    assert torch.is_grad_enabled()  # called from Python, it leaves the caller's autograd mode as it found it
     rows = {r["case"]: r for r in _rows(tmp_path / "out" / "volumes.csv")}
     assert set(rows) == {"lps", "permuted", "ras"}
     # one scan stored two ways: each mask in its own storage order, the same voxels in the world

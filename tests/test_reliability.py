@@ -94,8 +94,7 @@ def test_slurm_trainer_requeues_through_lightning(make_cfg):
 
 
 # 3 ---------------------------------------------------------------------------------------------- run folders
-@pytest.mark.whole_machine
-def test_runs_started_together_get_their_own_folders(tmp_path):
+def test_runs_started_together_get_their_own_folders(tmp_path):  # two processes, but not timed: no need to be alone
     cmd = [sys.executable, "-m", "transfer.train", "experiment=source_only_toy", "train=false", "test=false"]
     env = {**os.environ, "TRANSFER_OUTPUT_DIR": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -271,20 +271,18 @@ def test_snd_selection_picks_the_densest_candidate_per_seed():
 
 
 @pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests
-@pytest.mark.whole_machine
-def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir):
+def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir, make_cfg, cores):
     """SHOT over 2 gloo processes (memory banks and SND gathered across ranks), then the last checkpoint scored
     in one process must give the same target accuracy."""
     args = [*TINY, "scenarios=null", "variants=null", "sweep=null", "model.strategy=nrc", "data.train_on=unlabelled", "trainer.max_steps=-1",
             "trainer.max_epochs=1", "selection=last", f"paths.cache_dir={cache_dir}"]
-    res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
-              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    with cores.alone():
+        res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
+                  "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
     test = next(r for r in rows if r["split"] == "test")
-    res = cli("transfer.eval", *args, f"ckpt_path={test['checkpoint']}",
-              f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run(make_cfg(*args, f"ckpt_path={test['checkpoint']}", config_name="eval", run_dir=tmp_path / "single"))
     single = next(r for r in read_jsonl(tmp_path / "single" / "results.jsonl") if r["split"] == "test")
     assert single["metrics"]["acc"] == pytest.approx(test["metrics"]["acc"], abs=1e-6)
     assert single["metrics"]["mean_class_acc"] == pytest.approx(test["metrics"]["mean_class_acc"], abs=1e-6)

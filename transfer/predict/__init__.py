@@ -105,6 +105,7 @@ def _dicom_inputs(inputs: list[Path], out: Path, failures: dict[str, str]) -> li
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from rich.progress import track
 
     from datamodules.errors import DatasetError
@@ -144,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             row = None if args.overwrite else predictor.kept(item, out, earlier)
             kept += row is not None
-            table_rows.append(row if row is not None else predictor.predict(item, out))
+            if row is None:
+                with torch.no_grad():
+                    row = predictor.predict(item, out)
+            table_rows.append(row)
         except DatasetError as e:  # named at the end, the rest go on
             failures[str(item.path)] = str(e)
     table = predictor.table

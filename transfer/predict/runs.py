@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from transfer.records import read_jsonl
@@ -158,6 +157,4 @@ def load_model(fold: Fold, datamodule, data_prepared: bool = False):
     if ckpt is not None:
         model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    torch.set_grad_enabled(False)
-    return model
+    return model.eval().requires_grad_(False)  # predictions run under no_grad; the caller's grad mode is left alone
