@@ -12,6 +12,6 @@ python3 benchmarks/modtr.py --detector fcos --translator resnet34 --size 512 640
 python3 benchmarks/modtr.py --detector fcos --translator mobilenet_v3_small --size 512 640 --batch 8 --rounds 5
 [ "${FULL:-0}" = 1 ] && python3 benchmarks/modtr.py --detector fasterrcnn --translator resnet34 --size 512 640 --batch 8
 echo "== serving: one detector + N translators vs N fine-tuned detectors"
-python3 benchmarks/modtr_serving.py --detector fcos --translator mobilenet_v3_small --size 512 640 --batch 8
+python3 benchmarks/modtr_serving.py --detector fcos --translator mobilenet_v3_small --size 512 640 --batch 8 --n 1 4
 [ "${FULL:-0}" = 1 ] && { python3 benchmarks/adapters.py --size 64 --rounds 20; python3 benchmarks/adapters.py --size 96 --rounds 20; }
 exit 0

@@ -7,7 +7,9 @@ Memory = bytes of the distinct parameters and buffers each setup keeps resident 
 server holds whatever the traffic). Throughput = images/s on mixed-modality batches (``--batch`` images drawn
 round-robin from the N modalities): the service translates each modality's group and runs the detector once on
 the whole batch; the fine-tuned setup runs each modality's own detector on its group. Prints both as ratios,
-and the per-image time of the service against a lone detector on RGB.
+and the per-image time of the service against a lone detector on RGB. Last, the N translators alone on equal
+groups: one after the other (what the service does) vs one batched call over their stacked weights
+(``torch.func.stack_module_state`` + ``vmap``), the same numbers both ways.
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ def best_of(fn, rounds: int) -> float:
     return min(times)
 
 
+def stacked_vs_sequential(translators: list[torch.nn.Module], groups: torch.Tensor, rounds: int) -> float:
+    """Time of one vmapped call over the stacked translator weights / the translators one after the other, on
+    ``groups`` [N, n, C, H, W]; checks that both give the same images."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    params, buffers = stack_module_state(translators)
+    skeleton = copy.deepcopy(translators[0]).to("meta")
+    stacked = vmap(lambda p, b, x: functional_call(skeleton, (p, b), (x,)))
+    with torch.no_grad():
+        one_by_one = lambda: torch.stack([t(g) for t, g in zip(translators, groups)])  # noqa: E731
+        together = lambda: stacked(params, buffers, groups)  # noqa: E731
+        torch.testing.assert_close(together(), one_by_one(), rtol=1e-4, atol=1e-4)
+        return best_of(together, rounds) / best_of(one_by_one, rounds)
+
+
 def main() -> None:
     from transfer.methods.modtr import DetectionService
     from transfer.models.detectors import TorchvisionDetector, create_detector
@@ -53,7 +72,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-n", type=int, default=4)
+    ap.add_argument("--n", type=int, nargs="+", default=[1, 2, 3, 4], help="numbers of modalities to measure")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -67,9 +86,11 @@ def main() -> None:
           f"{args.threads} threads")
     print(f"lone detector on RGB: {1 / lone:.2f} images/s")
     fine_tuned = []
-    for n in range(1, args.max_n + 1):
+    for n in range(1, max(args.n) + 1):
         service.add_translator(f"ir{n}", create_translator("unet", encoder=args.translator, pretrained=None).to(device))
         fine_tuned.append(make())
+        if n not in args.n:
+            continue
         mods = [f"ir{1 + i % n}" for i in range(args.batch)]
         images = [torch.rand(1, h, w, device=device) for _ in range(args.batch)]
         t_service = best_of(lambda: service.detect(images, mods), args.rounds)
@@ -87,6 +108,11 @@ def main() -> None:
               f"-> {mem_service / mem_ft:.2f}x (goal at N=4: <= 0.5x); images/s service {args.batch / t_service:.2f} "
               f"vs fine-tuned {args.batch / t_ft:.2f} -> {t_ft / t_service:.2f}x; service per image / lone detector "
               f"{t_service / args.batch / lone:.2f}x (goal <= 1.2x)")
+    n = max(args.n)
+    translators = [service.translators[f"ir{k + 1}"] for k in range(n)]
+    groups = torch.rand(n, max(1, args.batch // n), 1, h, w, device=device)
+    print(f"{n} translators on equal groups: stacked weights + vmap / one after the other "
+          f"{stacked_vs_sequential(translators, groups, args.rounds):.2f}x")
 
 
 if __name__ == "__main__":
