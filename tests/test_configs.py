@@ -50,3 +50,14 @@ def test_every_experiment_the_docs_name_exists():
         for name in re.findall(r"experiment=([A-Za-z0-9_]+)", doc.read_text()):
             assert name in names or name in ("NAME",), f"{doc.name}: experiment={name} does not exist"
 
+
+
+def test_compositions_share_the_config_store_and_cannot_change_it(make_cfg):
+    import copy
+
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    assert copy.deepcopy(store) is store  # no per-composition copy of every stored experiment
+    assert make_cfg("experiment=source_only_toy", "data.per_class=3").data.per_class == 3
+    assert make_cfg("experiment=source_only_toy").data.per_class == 100  # the stored node kept its value
