@@ -47,6 +47,7 @@ class Cores:
     def __init__(self, base: Path | None):
         self.base = base
         self._files = None
+        self._exclusive = False
 
     def _lock(self, exclusive: bool) -> None:
         import fcntl
@@ -67,7 +68,7 @@ class Cores:
             yield self
             return
         with open(f"{self.base}.turnstile", "a+") as turnstile, open(f"{self.base}.cores", "a+") as cores:
-            self._files = (turnstile, cores)
+            self._files, self._exclusive = (turnstile, cores), exclusive
             self._lock(exclusive)
             try:
                 yield self
@@ -77,7 +78,7 @@ class Cores:
 
     @contextmanager
     def alone(self):
-        if self._files is None:
+        if self._files is None or self._exclusive:  # one process, or alone already
             yield
             return
         self._unlock()
@@ -86,7 +87,7 @@ class Cores:
             yield
         finally:
             self._unlock()
-            self._lock(exclusive=False)
+            self._lock(self._exclusive)
 
 
 @pytest.fixture(autouse=True)
