@@ -108,9 +108,9 @@ def share_config_store() -> None:
     """Let copies of Hydra's config repository share the one ConfigStore instead of deep-copying it.
 
     Hydra 1.3 deep-copies its repository, ConfigStore included, at every composition; with every experiment stored
-    there that copy was a third of a composition's time (about 0.2 s of each). Hydra 1.4 looks the singleton up instead of
-    copying it (facebookresearch/hydra#2928); this gives 1.3 the same behaviour. Safe because the store hands out
-    a deep copy of each node it loads, so no composition can change a stored node."""
+    there that copy was a third of a composition's time (about 0.2 s of each). Hydra 1.4 looks the singleton up
+    instead of copying it (facebookresearch/hydra#2928); this gives 1.3 the same behaviour. Safe because the store
+    hands out a deep copy of each node it loads, so no composition can change a stored node."""
     if "__deepcopy__" not in vars(ConfigStore):
         ConfigStore.__deepcopy__ = lambda self, memo: self
 
