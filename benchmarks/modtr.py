@@ -88,7 +88,9 @@ def main() -> None:
         return
     def child(variant: str, env: dict) -> dict:
         out = subprocess.run([sys.executable, __file__, "--child", variant, *sys.argv[1:]], capture_output=True,
-                             text=True, check=True, env=env)
+                             text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"variant {variant} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     res = {}

@@ -9,7 +9,8 @@ round-robin from the N modalities): the service translates each modality's group
 the whole batch; the fine-tuned setup runs each modality's own detector on its group. Prints both as ratios,
 and the per-image time of the service against a lone detector on RGB. Last, the N translators alone on equal
 groups: one after the other (what the service does) vs one batched call over their stacked weights
-(``torch.func.stack_module_state`` + ``vmap``), the same numbers both ways.
+(``torch.func.stack_module_state`` + ``vmap``), the same numbers both ways; on a GPU also one CUDA stream per
+translator, one CUDA graph replaying all N, and bf16 autocast, each against one after the other in fp32.
 """
 
 from __future__ import annotations
@@ -58,6 +59,49 @@ def stacked_vs_sequential(translators: list[torch.nn.Module], groups: torch.Tens
         together = lambda: stacked(params, buffers, groups)  # noqa: E731
         torch.testing.assert_close(together(), one_by_one(), rtol=1e-4, atol=1e-4)
         return best_of(together, rounds) / best_of(one_by_one, rounds)
+
+
+def gpu_ways(translators: list[torch.nn.Module], groups: torch.Tensor, rounds: int) -> dict[str, float]:
+    """On CUDA, ways to run the N translators on equal groups, each timed / one after the other in fp32."""
+    with torch.no_grad():
+        one_by_one = lambda: [t(g) for t, g in zip(translators, groups)]  # noqa: E731
+        base = best_of(one_by_one, rounds)
+        streams = [torch.cuda.Stream() for _ in translators]
+
+        def on_streams():
+            here, outs = torch.cuda.current_stream(), []
+            for t, g, s in zip(translators, groups, streams):
+                s.wait_stream(here)
+                with torch.cuda.stream(s):
+                    outs.append(t(g))
+            for s in streams:
+                here.wait_stream(s)
+            return outs
+
+        static_in = groups.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture asks
+            for _ in range(3):
+                one_by_one()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = [t(g) for t, g in zip(translators, static_in)]
+
+        def replay():
+            static_in.copy_(groups)
+            graph.replay()
+            return static_out
+
+        torch.testing.assert_close(replay(), one_by_one(), rtol=1e-4, atol=1e-4)
+
+        def bf16():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return one_by_one()
+
+        return {"CUDA streams": best_of(on_streams, rounds) / base, "CUDA graph": best_of(replay, rounds) / base,
+                "bf16 autocast": best_of(bf16, rounds) / base}
 
 
 def main() -> None:
@@ -113,6 +157,9 @@ def main() -> None:
     groups = torch.rand(n, max(1, args.batch // n), 1, h, w, device=device)
     print(f"{n} translators on equal groups: stacked weights + vmap / one after the other "
           f"{stacked_vs_sequential(translators, groups, args.rounds):.2f}x")
+    if device == "cuda":
+        for way, ratio in gpu_ways(translators, groups, args.rounds).items():
+            print(f"{n} translators on equal groups: {way} / one after the other {ratio:.2f}x")
 
 
 if __name__ == "__main__":

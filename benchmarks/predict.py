@@ -1,6 +1,7 @@
 """What one head CT costs in ``transfer.predict``, measured in one run and printed as ratios.
 
     python benchmarks/predict.py [--shape 512 512 32] [--folds 5] [--nets toy unet] [--tta] [--rounds 2] [--threads 1]
+                                 [--device cpu|cuda]
 
 A synthetic scan of ``--shape`` voxels (int16 HU, 0.45 x 0.45 x 5 mm, stored LPS as DICOM converters write it) goes
 through the predictor's own path (``SegmentationPredictor.probabilities``: load, reorient, window, every fold model,
@@ -57,21 +58,24 @@ def models(net: dict, k: int) -> list[SegmentationModule]:
     return out
 
 
-def timed(fn, rounds: int) -> float:
+def timed(fn, rounds: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for _ in range(rounds):
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
             fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def reference(path: Path, model: SegmentationModule) -> torch.Tensor:
-    """What one would write by hand: nibabel, window to [0, 1], one sliding-window pass, sigmoid."""
+def reference(path: Path, model: SegmentationModule, device: torch.device) -> torch.Tensor:
+    """What one would write by hand: nibabel, window to [0, 1], one sliding-window pass, sigmoid, back to the CPU."""
     vol = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-    x = torch.from_numpy(np.clip((vol - WINDOW[0]) / (WINDOW[1] - WINDOW[0]), 0, 1))[None, None]
-    return torch.sigmoid(sliding_window_inference(x, ROI, 1, model, overlap=0.25, mode="gaussian"))
+    x = torch.from_numpy(np.clip((vol - WINDOW[0]) / (WINDOW[1] - WINDOW[0]), 0, 1))[None, None].to(device)
+    return torch.sigmoid(sliding_window_inference(x, ROI, 1, model, overlap=0.25, mode="gaussian")).cpu()
 
 
 def main() -> None:
@@ -82,7 +86,9 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="also time test-time mirroring (8 passes per model)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the models run (cpu, cuda)")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     quiet_third_party()
     cfg = OmegaConf.create({"model": {"threshold": 0.5, "net": {"in_channels": 1}}})
@@ -90,22 +96,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = scan(Path(tmp), tuple(args.shape))
         item = Item(name="head_ct", path=path)
-        print(f"scan {tuple(args.shape)}, {args.threads} thread(s), median of {args.rounds} round(s)")
+        print(f"scan {tuple(args.shape)}, models on {device}, {args.threads} thread(s), median of {args.rounds} round(s)")
         for net_name in args.nets:
-            fold_models = models(NETS[net_name], args.folds)
-            single = SegmentationPredictor(fold_models[:1], [0], cfg, data)
-            prepared = single.transform({"image": str(path), "case_id": "head_ct"})["image"][None]
-            t_prep = timed(lambda: single.transform({"image": str(path), "case_id": "head_ct"}), args.rounds)
-            t_ref = timed(lambda: reference(path, fold_models[0]), args.rounds)
-            t_pass = timed(lambda: ensemble_probabilities(fold_models[:1], prepared, False), args.rounds)
+            fold_models = [m.to(device) for m in models(NETS[net_name], args.folds)]
+            single = SegmentationPredictor(fold_models[:1], [0], cfg, data, device=device)
+            prepared = single.transform({"image": str(path), "case_id": "head_ct"})["image"].as_tensor()[None]
+            prepared = prepared.to(device)
+            t_prep = timed(lambda: single.transform({"image": str(path), "case_id": "head_ct"}), args.rounds, device)
+            reference(path, fold_models[0], device)  # warm-up (CUDA kernels, allocator)
+            t_ref = timed(lambda: reference(path, fold_models[0], device), args.rounds, device)
+            t_pass = timed(lambda: ensemble_probabilities(fold_models[:1], prepared, False), args.rounds, device)
             print(f"\n{net_name}: {sum(p.numel() for p in fold_models[0].parameters()):,} parameters")
             print(f"  data preparation (load, reorient, window)  {t_prep:7.2f} s")
             print(f"  one model pass on the prepared scan        {t_pass:7.2f} s")
             print(f"  reference: MONAI sliding window, 1 model   {t_ref:7.2f} s")
             for tta in ([False, True] if args.tta else [False]):
                 for k in sorted({1, args.folds}):
-                    predictor = SegmentationPredictor(fold_models[:k], list(range(k)), cfg, data, tta=tta)
-                    t = timed(lambda: predictor.probabilities(item), args.rounds)
+                    predictor = SegmentationPredictor(fold_models[:k], list(range(k)), cfg, data, tta=tta, device=device)
+                    t = timed(lambda: predictor.probabilities(item), args.rounds, device)
                     passes = k * (8 if tta else 1)
                     print(f"  predict, {k} fold(s){' + TTA' if tta else '':6}  {t:7.2f} s per case   "
                           f"vs {passes} single passes {t / (passes * t_pass):5.2f}x   preparation {100 * t_prep / t:4.1f} %"

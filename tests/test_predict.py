@@ -189,6 +189,33 @@ def test_cli_prints_and_exits_without_traceback(seg_run, scans, tmp_path):
         predict([str(tmp_path / "nope"), "-i", str(scans), "-o", str(tmp_path / "o2")])
 
 
+
+def test_the_device_is_chosen_by_name_and_a_missing_one_is_refused(seg_run, scans, tmp_path):
+    """``--device cpu`` gives what the default gives on a CPU machine; where PyTorch sees a GPU, masks made there
+    agree with the CPU's (probabilities within float rounding), else asking for one is refused before any output."""
+    scan = str(scans / "lps.nii.gz")
+    assert predict([str(seg_run), "-i", scan, "-o", str(tmp_path / "cpu"), "--device", "cpu",
+                    "--save-probabilities"]) == 0
+    cpu = np.asarray(nib.load(tmp_path / "cpu" / "lps_prob.nii.gz").dataobj)
+    for name, why in (("gpu0", "not a device name"), ("meta", "transfer.predict runs on cpu, cuda or mps")):
+        with pytest.raises(SystemExit, match=f"--device {name}: {why}"):
+            predict([str(seg_run), "-i", scan, "-o", str(tmp_path / "x"), "--device", name])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: PyTorch sees no cuda device"):
+            predict([str(seg_run), "-i", scan, "-o", str(tmp_path / "x"), "--device", "cuda"])
+        assert not (tmp_path / "x").exists()
+        return
+    n = torch.cuda.device_count()
+    with pytest.raises(SystemExit, match=f"--device cuda:{n}: this machine has {n} CUDA"):
+        predict([str(seg_run), "-i", scan, "-o", str(tmp_path / "x"), "--device", f"cuda:{n}"])
+    assert predict([str(seg_run), "-i", scan, "-o", str(tmp_path / "gpu"), "--device", "cuda",
+                    "--save-probabilities"]) == 0
+    gpu = np.asarray(nib.load(tmp_path / "gpu" / "lps_prob.nii.gz").dataobj)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)  # cuDNN convolutions run in TF32 by default (H200: 1.8e-4 off)
+    masks = [np.asarray(nib.load(tmp_path / d / "lps.nii.gz").dataobj) for d in ("cpu", "gpu")]
+    assert (masks[0] != masks[1]).sum() <= (np.abs(cpu - 0.5) < 1e-3).sum()  # only voxels at the threshold may differ
+
+
 # ------------------------------------------------------------------------------------------- audio, images
 MOE = ["experiment=moelora_toy", "variants=null", "sweep=null", "data.n_train=12", "data.n_dev=8", "data.n_eval=6",
        "data.n_ood=8", "data.batch_size=8", "model.pretext.clips=16", "model.pretext.steps=2", "trainer.max_steps=3",

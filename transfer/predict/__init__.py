@@ -12,7 +12,8 @@ records say which checkpoint each fold selected. What comes out depends on the r
 - classification (source-only, SFDA, LanDA runs): images -> ``OUT/predictions.csv`` (class name, probability).
 
 A case that cannot be read is named and the rest go on; the exit code is then 1. Outputs already in OUT from an
-earlier call with the same settings are kept (resume) unless ``--overwrite``.
+earlier call with the same settings are kept (resume) unless ``--overwrite``. ``--device`` says where the models
+run: the first CUDA GPU when PyTorch sees one, else the CPU (``auto``); preparation and writing stay on the CPU.
 """
 
 from __future__ import annotations
@@ -59,7 +60,32 @@ def _parser() -> argparse.ArgumentParser:
                     help="segmentation of DICOM input: also <case>.seg.dcm, a DICOM SEG referencing the source series")
     ap.add_argument("--threshold", type=float, help="deepfake: decision threshold instead of the run's dev-set one")
     ap.add_argument("--overwrite", action="store_true", help="predict again what OUT already holds")
+    ap.add_argument("--device", default="auto",
+                    help="where the models run: auto (the first CUDA GPU if PyTorch sees one, else the CPU), cpu, "
+                         "cuda, cuda:N, mps")
     return ap
+
+
+def pick_device(name: str):
+    """``--device`` as a torch device; a device this machine does not have is refused before anything loads."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: --device {name}: not a device name ({e}); use auto, cpu, cuda, cuda:N or mps") from None
+    have = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if device.type not in have:
+        raise SystemExit(f"error: --device {name}: transfer.predict runs on cpu, cuda or mps")
+    if not have[device.type]:
+        raise SystemExit(f"error: --device {name}: PyTorch sees no {device.type} device on this machine; "
+                         f"use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+    return device
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -114,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from transfer.quiet import quiet_third_party
 
     quiet_third_party()
+    device = pick_device(args.device)
 
     try:
         folds = read_run(args.run_dir, args.folds)
@@ -132,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     if not items and not failures:
         raise SystemExit(f"error: no input files found in {' '.join(map(str, args.input))}")
 
-    predictor = _predictor(task, folds, args, load_model, launch_dir)
+    predictor = _predictor(task, folds, args, load_model, launch_dir, device)
+    print(f"{args.run_dir}: {len(folds)} model(s) on {device}")
     settings = {"run": str(args.run_dir.resolve()), **predictor.settings()}
     _check_settings(out, settings, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,18 +210,18 @@ def _earlier_rows(path: Path, key: str) -> dict[str, dict]:
         return {r[key]: r for r in csv.DictReader(f)}
 
 
-def _predictor(task: str, folds, args, load_model, launch_dir):
+def _predictor(task: str, folds, args, load_model, launch_dir, device):
     from hydra.utils import instantiate
 
     cfg = folds[0].cfg
     with launch_dir(folds[0].folder):
         datamodule = instantiate(cfg.data, _convert_="all")  # constructed only: its reading settings
-    models = [load_model(f, datamodule, data_prepared=i > 0) for i, f in enumerate(folds)]
+    models = [load_model(f, datamodule, data_prepared=i > 0).to(device) for i, f in enumerate(folds)]
     if task == "segmentation":
         from transfer.predict.segmentation import SegmentationPredictor
 
         return SegmentationPredictor(models, [f.index for f in folds], cfg, datamodule, args.tta, args.save_probabilities,
-                                     args.dicom_seg)
+                                     args.dicom_seg, device=device)
     if task == "deepfake":
         from transfer.predict.audio import AudioPredictor
 
@@ -205,14 +233,16 @@ def _predictor(task: str, folds, args, load_model, launch_dir):
             else:
                 log.warning("%s recorded no development-set threshold (it ran without validation): scores.csv has "
                             "scores but no decisions; pass --threshold to decide", args.run_dir)
-        return AudioPredictor(models, datamodule, threshold)
+        return AudioPredictor(models, datamodule, threshold, device=device)
     from transfer.predict.images import ImagePredictor
 
     if folds[0].classes is None:
         raise SystemExit(f"error: {folds[0].folder} has no data_summary.json with the class names in label order")
     encoder = getattr(datamodule, "encoder", None)  # LanDA: the models classify CLIP embeddings
+    if encoder is not None:
+        encoder.to(device)
     return ImagePredictor(models, datamodule, folds[0].classes, embed=encoder.encode_images if encoder else None,
-                          outputs_probabilities=encoder is not None)
+                          outputs_probabilities=encoder is not None, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:

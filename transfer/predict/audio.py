@@ -16,8 +16,8 @@ SCORE_COLUMNS = ["file", "score", "decision"]
 class AudioPredictor:
     table, columns, key = "scores.csv", SCORE_COLUMNS, "file"
 
-    def __init__(self, models: list, datamodule, threshold: float | None):
-        self.models, self.threshold = models, threshold
+    def __init__(self, models: list, datamodule, threshold: float | None, device="cpu"):
+        self.models, self.threshold, self.device = models, threshold, torch.device(device)
         self.sample_rate, self.length = int(datamodule.sample_rate), int(datamodule.length)
 
     def settings(self) -> dict:
@@ -33,7 +33,7 @@ class AudioPredictor:
             raise
         except Exception as e:
             raise DatasetError(f"{item.path}: cannot read the audio ({type(e).__name__}: {e})") from e
-        x = wav.unsqueeze(0)
+        x = wav.unsqueeze(0).to(self.device)
         score = float(torch.stack([m(x).log_softmax(-1)[0, 1] for m in self.models]).mean())
         decision = "" if self.threshold is None else ("bonafide" if score > self.threshold else "spoof")
         return {"file": str(item.path), "score": f"{score:.6f}", "decision": decision}

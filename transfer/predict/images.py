@@ -17,10 +17,12 @@ PREDICTION_COLUMNS = ["file", "class", "probability"]
 class ImagePredictor:
     table, columns, key = "predictions.csv", PREDICTION_COLUMNS, "file"
 
-    def __init__(self, models: list, datamodule, classes: list[str], embed=None, outputs_probabilities: bool = False):
+    def __init__(self, models: list, datamodule, classes: list[str], embed=None, outputs_probabilities: bool = False,
+                 device="cpu"):
         """``embed``: images -> the embeddings the models take (LanDA: CLIP); ``outputs_probabilities``: the
-        models return class probabilities, not logits."""
+        models return class probabilities, not logits. ``device``: where the models (and ``embed``) are."""
         self.models, self.classes, self.embed, self.probabilities = models, classes, embed, outputs_probabilities
+        self.device = torch.device(device)
         d = getattr(datamodule, "domains", datamodule)  # an embedding module reads images through its domains
         self.size, self.mean, self.std = int(d.image_size), list(d.mean), list(d.std)
         self.transform = build_transforms(self.size, self.mean, self.std, train=False)
@@ -34,7 +36,7 @@ class ImagePredictor:
     def predict(self, item: Item, out=None) -> dict:
         try:
             with Image.open(item.path) as im:
-                x = self.transform(im.convert("RGB")).unsqueeze(0)
+                x = self.transform(im.convert("RGB")).unsqueeze(0).to(self.device)
         except Exception as e:
             raise DatasetError(f"{item.path}: cannot read the image ({type(e).__name__}: {e})") from e
         if self.embed is not None:

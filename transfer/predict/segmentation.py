@@ -83,10 +83,12 @@ class SegmentationPredictor:
     table, columns, key = "volumes.csv", VOLUME_COLUMNS, "case"
 
     def __init__(self, models: list, folds: list[int | None], cfg, datamodule, tta: bool = False,
-                 save_probabilities: bool = False, dicom_seg: bool = False):
+                 save_probabilities: bool = False, dicom_seg: bool = False, device="cpu"):
         """``datamodule``: the run's (constructed, not set up): its HU window and resampling are evaluation's.
-        ``dicom_seg``: also a DICOM SEG for every case imported from DICOM."""
+        ``dicom_seg``: also a DICOM SEG for every case imported from DICOM. ``device``: where ``models`` are; the
+        prepared scan goes there and its probabilities come back for the inverse transforms."""
         self.models, self.folds, self.tta, self.save_probabilities = models, folds, tta, save_probabilities
+        self.device = torch.device(device)
         self.dicom_seg = dicom_seg
         self.threshold = float(cfg.model.get("threshold", 0.5))
         self.in_channels = int(cfg.model.net.get("in_channels", 1))
@@ -114,7 +116,8 @@ class SegmentationPredictor:
         except Exception as e:
             raise CaseError(f"{item.path}: cannot be prepared ({type(e).__name__}: {e})") from e
         image = data["image"]
-        prob = ensemble_probabilities(self.models, image.unsqueeze(0), self.tta)[0]
+        x = image.as_tensor().unsqueeze(0).to(self.device)
+        prob = ensemble_probabilities(self.models, x, self.tta)[0].cpu()
         from monai.data import MetaTensor
 
         back = self.transform.inverse({"image": MetaTensor(prob, meta=image.meta,
