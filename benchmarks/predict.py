@@ -1,7 +1,7 @@
 """What one head CT costs in ``transfer.predict``, measured in one run and printed as ratios.
 
     python benchmarks/predict.py [--shape 512 512 32] [--folds 5] [--nets toy unet] [--tta] [--rounds 2] [--threads 1]
-                                 [--device cpu|cuda]
+                                 [--device cpu|cuda] [--cases 4]
 
 A synthetic scan of ``--shape`` voxels (int16 HU, 0.45 x 0.45 x 5 mm, stored LPS as DICOM converters write it) goes
 through the predictor's own path (``SegmentationPredictor.probabilities``: load, reorient, window, every fold model,
@@ -11,6 +11,8 @@ the scan as loaded by nibabel and windowed by hand. Printed: seconds per case, t
 model passes (goal <= 1.1: no repeated loading or preparation per fold), and the share of data preparation
 (load, reorient, window) in the total (goal <= 10 %). Two networks: the toy's UNet (8-16-32) and a MONAI UNet of
 realistic size (16-32-64-128-256, two residual units per level), both with a 96 x 96 x 32 sliding window.
+Last, ``--cases`` scans in a row with all folds: the next scan read and prepared in a background thread while the
+models run on this one (what ``transfer.predict`` does) against one scan after the other.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from monai.inferers import sliding_window_inference
 from omegaconf import OmegaConf
 
 from transfer.methods.sah import SegmentationModule
+from transfer.predict import read_ahead
 from transfer.predict.inputs import Item
 from transfer.predict.segmentation import SegmentationPredictor, ensemble_probabilities
 from transfer.quiet import quiet_third_party
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where the models run (cpu, cuda)")
+    ap.add_argument("--cases", type=int, default=4, help="scans in a row for the read-ahead figure (0: skip it)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -118,6 +122,18 @@ def main() -> None:
                     print(f"  predict, {k} fold(s){' + TTA' if tta else '':6}  {t:7.2f} s per case   "
                           f"vs {passes} single passes {t / (passes * t_pass):5.2f}x   preparation {100 * t_prep / t:4.1f} %"
                           + (f"   vs reference {t / t_ref:5.2f}x" if k == 1 and not tta else ""))
+            if args.cases:
+                predictor = SegmentationPredictor(fold_models, list(range(args.folds)), cfg, data, device=device)
+                items = [Item(name=f"case{i}", path=path) for i in range(args.cases)]
+
+                def ahead():
+                    for it, prepared in read_ahead(items, predictor.prepare):
+                        predictor.probabilities(it, prepared.result())
+
+                t_seq = timed(lambda: [predictor.probabilities(it) for it in items], args.rounds, device)
+                t_ahead = timed(ahead, args.rounds, device)
+                print(f"  {args.cases} cases in a row, {args.folds} folds: read ahead {t_ahead / args.cases:5.2f} s per case, "
+                      f"one after the other {t_seq / args.cases:5.2f} s -> {t_ahead / t_seq:.2f}x")
 
 
 if __name__ == "__main__":

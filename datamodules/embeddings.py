@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from .domains import DatasetError, DomainDataModule, ImageDataset
 from .samplers import SeededTrainData, eval_loader
@@ -35,6 +35,26 @@ class ImageEncoder(Protocol):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
+class Rows(TensorDataset):
+    """Rows of tensors that a DataLoader reads a batch at a time (``__getitems__``: one indexing per tensor, not one
+    call and one collate per row; LanDA trains full-batch on thousands of embeddings for hundreds of epochs). The
+    batch is the same as the default collate's: a list of the tensors' rows at the indices. Load with
+    ``collate_fn=Rows.collate``."""
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return [t[idx] for t in self.tensors]
+
+    @staticmethod
+    def collate(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        return batch
+
+    @classmethod
+    def cat(cls, parts: list[TensorDataset]) -> "Rows":
+        """One set of rows from several, in order (what ``ConcatDataset`` would index)."""
+        return cls(*(torch.cat(columns) for columns in zip(*(p.tensors for p in parts))))
+
+
 class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
     """Batches of (embedding, label, domain index) for the sources; each target and each source's held-out split
     is a test set (``test_names``), so a run reports accuracy on the target and on the sources."""
@@ -49,7 +69,7 @@ class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
         self.cache_dir = Path(cache_dir) / "embeddings"
         self.batch_size, self.eval_batch_size, self.encode_batch_size = batch_size, eval_batch_size, encode_batch_size
         self.encoded = 0  # images encoded by this module (cache misses), for tests and logs
-        self._splits: dict[str, TensorDataset] = {}
+        self._splits: dict[str, Rows] = {}
 
     @property
     def sources(self) -> list[str]:
@@ -80,7 +100,7 @@ class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
                            "files": files, "labels": ds.labels}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
-    def embed(self, name: str, ds: ImageDataset) -> TensorDataset:
+    def embed(self, name: str, ds: ImageDataset) -> Rows:
         """Embeddings of ``ds`` from the cache, or encoded now and cached (atomically)."""
         path = self.cache_dir / f"{name}-{self._key(ds)}.safetensors"
         if path.exists():
@@ -88,7 +108,7 @@ class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
                 meta = f.metadata() or {}
                 if meta.get("encoder") == self.encoder.identity and int(meta.get("n", -1)) == len(ds):
                     z = f.get_tensor("z")
-                    return TensorDataset(z, torch.tensor(ds.labels), torch.full((len(ds),), ds.domain))
+                    return Rows(z, torch.tensor(ds.labels), torch.full((len(ds),), ds.domain))
             log.warning("%s: cached by encoder %s, not %s; rebuilding", path, meta.get("encoder"), self.encoder.identity)
         if len(ds) == 0:
             raise DatasetError(f"split '{name}' has no images (too few per class for the split ratio?)")
@@ -101,7 +121,7 @@ class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         save_file({"z": z}, str(tmp), metadata={"encoder": self.encoder.identity, "n": str(len(ds))})
         tmp.replace(path)
-        return TensorDataset(z, torch.tensor(ds.labels), torch.full((len(ds),), ds.domain))
+        return Rows(z, torch.tensor(ds.labels), torch.full((len(ds),), ds.domain))
 
     # -- Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -118,16 +138,17 @@ class EmbeddingDataModule(SeededTrainData, L.LightningDataModule):
     def data_summary(self) -> dict:
         return {**self.domains.data_summary(), "encoder": self.encoder.identity, "encoded_now": self.encoded}
 
-    def split(self, name: str) -> TensorDataset:
+    def split(self, name: str) -> Rows:
         return self._splits[name]
 
     def train_dataloader(self) -> DataLoader:
-        ds = ConcatDataset([self._splits[f"{s}/train"] for s in self.sources])
-        return self.seeded_loader(ds, self.batch_size)
+        ds = Rows.cat([self._splits[f"{s}/train"] for s in self.sources])
+        return self.seeded_loader(ds, self.batch_size, collate_fn=Rows.collate)
 
     def val_dataloader(self) -> DataLoader:
-        return eval_loader(ConcatDataset([self._splits[f"{s}/val"] for s in self.sources]), self.eval_batch_size)
+        return eval_loader(Rows.cat([self._splits[f"{s}/val"] for s in self.sources]), self.eval_batch_size,
+                           collate_fn=Rows.collate)
 
     def test_dataloader(self) -> list[DataLoader]:
         sets = [self._splits[f"{t}/test"] for t in self.targets] + [self._splits[f"{s}/val"] for s in self.sources]
-        return [eval_loader(ds, self.eval_batch_size) for ds in sets]
+        return [eval_loader(ds, self.eval_batch_size, collate_fn=Rows.collate) for ds in sets]

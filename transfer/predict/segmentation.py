@@ -108,14 +108,19 @@ class SegmentationPredictor:
         done = (out / f"{item.name}.nii.gz").is_file() and (seg is None or seg.is_file())
         return self.row(item, out) if done else None
 
-    def probabilities(self, item: Item) -> tuple[np.ndarray, nib.Nifti1Image]:
-        """The ensemble's foreground probability in the scan's own grid."""
+    def prepare(self, item: Item) -> tuple[nib.Nifti1Image, torch.Tensor]:
+        """The scan's header and its prepared image (read, reoriented, resampled, windowed): CPU work that
+        ``transfer.predict`` runs for the next case while the models run on this one."""
         scan = check_scan(item, self.in_channels)
         try:
             data = self.transform({"image": str(item.path), "case_id": item.name})
         except Exception as e:
             raise CaseError(f"{item.path}: cannot be prepared ({type(e).__name__}: {e})") from e
-        image = data["image"]
+        return scan, data["image"]
+
+    def probabilities(self, item: Item, prepared: tuple | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+        """The ensemble's foreground probability in the scan's own grid (``prepared``: what ``prepare`` gave)."""
+        scan, image = prepared if prepared is not None else self.prepare(item)
         x = image.as_tensor().unsqueeze(0).to(self.device)
         prob = ensemble_probabilities(self.models, x, self.tta)[0].cpu()
         from monai.data import MetaTensor
@@ -127,8 +132,8 @@ class SegmentationPredictor:
             raise CaseError(f"{item.path}: the prediction came back as {back.shape}, the scan is {scan.shape}")
         return back, scan
 
-    def predict(self, item: Item, out: Path) -> dict:
-        prob, scan = self.probabilities(item)
+    def predict(self, item: Item, out: Path, prepared: tuple | None = None) -> dict:
+        prob, scan = self.probabilities(item, prepared)
         mask = prob > self.threshold
         write_mask(mask, scan, out / f"{item.name}.nii.gz")
         seg = self._seg_path(item, out)

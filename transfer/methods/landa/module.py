@@ -17,6 +17,8 @@ No target image is used: the target exists only as ``target_prompt``.
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Mapping, Sequence
 
 import lightning as L
@@ -323,7 +325,9 @@ class LanDAModule(MethodModule):
         if self.uses_augmenters:
             groups.append({"params": list(self.augmenters.parameters()), "lr": hp.aug_lr,
                            "weight_decay": hp.aug_weight_decay})
-        opt = make_optimizer(groups, hp.optimizer, torch.optim.AdamW)
+        # foreach: one call per step for all parameters (same numbers as the per-tensor loop, a fraction of its
+        # Python cost on a CPU, where the foreach path is not PyTorch's default)
+        opt = make_optimizer(groups, hp.optimizer, partial(torch.optim.AdamW, foreach=True))
         return configured(opt, make_scheduler(opt, hp.scheduler))
 
     def on_train_epoch_start(self) -> None:

@@ -94,7 +94,7 @@ class _ContrastiveStage(L.LightningModule):
         return 0.5 * ((-to_text * logits.log_softmax(1)).sum(1).mean() + (-to_image * logits.T.log_softmax(1)).sum(1).mean())
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.1)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.1, foreach=True)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps, pct_start=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
