@@ -128,32 +128,6 @@ def test_bad_cases_are_named_and_the_rest_go_on(seg_run, scans, tmp_path, capsys
 
 
 
-def test_the_next_case_is_read_while_this_one_is_predicted():
-    """read_ahead: the next item's preparation runs while the caller still holds this one; items keep their order
-    and a failed preparation raises for its own item alone."""
-    import threading
-
-    from transfer.predict import read_ahead
-
-    started = {k: threading.Event() for k in range(3)}
-
-    def prepare(k):
-        started[k].set()
-        if k == 1:
-            raise ValueError("unreadable")
-        return k * 10
-
-    seen = []
-    for k, future in read_ahead([0, 1, 2], prepare):
-        if k + 1 in started:
-            assert started[k + 1].wait(10), f"item {k + 1} was not being prepared while item {k} was handled"
-        try:
-            seen.append(future.result())
-        except ValueError as e:
-            seen.append(str(e))
-    assert seen == [0, "unreadable", 20]
-    assert list(read_ahead([0, 1])) == [(0, None), (1, None)]  # nothing to prepare: items as they are
-
 def test_run_errors(seg_run, scans, tmp_path):
     with pytest.raises(SystemExit, match="no fold 5 .*folds \\[0, 1, 2\\]"):
         predict([str(seg_run), "-i", str(scans), "-o", str(tmp_path / "a"), "--folds", "5"])

@@ -176,11 +176,10 @@ def run(args: argparse.Namespace) -> int:
         except DatasetError as e:  # named at the end, the rest go on
             failures[str(item.path)] = str(e)
     kept = len(table_rows)
-    ahead = read_ahead(todo, getattr(predictor, "prepare", None))
-    for item, prepared in track(ahead, total=len(todo), description=f"{task}: {len(todo)} inputs", transient=True):
+    for item in track(todo, description=f"{task}: {len(todo)} inputs", transient=True):
         try:
             with torch.no_grad():
-                row = predictor.predict(item, out, prepared.result()) if prepared else predictor.predict(item, out)
+                row = predictor.predict(item, out)
             table_rows.append(row)
         except DatasetError as e:
             failures[str(item.path)] = str(e)
@@ -191,24 +190,6 @@ def run(args: argparse.Namespace) -> int:
     for why in failures.values():  # each message names its file or series
         print(f"FAILED {why}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def read_ahead(items: list, prepare=None):
-    """Each item with the future of its preparation (None without ``prepare``), the next item prepared in a
-    background thread while the caller works on this one: on a GPU, reading and resampling a scan would otherwise
-    leave the device idle (nnU-Net prepares cases in background workers for the same reason). A preparation's error
-    comes out of ``result()``, for that item alone."""
-    if prepare is None or not items:
-        yield from ((item, None) for item in items)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-read") as pool:
-        upcoming = pool.submit(prepare, items[0])
-        for k, item in enumerate(items):
-            current = upcoming
-            upcoming = pool.submit(prepare, items[k + 1]) if k + 1 < len(items) else None
-            yield item, current
 
 
 def _stop_if_weights_missing(folds, launch_dir) -> None:
