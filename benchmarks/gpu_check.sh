@@ -2,6 +2,9 @@
 # The GPU figures of the closing notes, in one go on one CUDA device.
 # Needs the suite's dependencies importable (PYTHONPATH=. from the repository root). Pass the step names to run a
 # part (predict serving modtr); all three by default, the GPU-only checks of transfer.predict first.
+# A machine whose Python lacks some of them (an image with only PyTorch, Lightning and timm) can put pure-Python
+# copies of MONAI, Hydra/OmegaConf, nibabel, pydicom and soundfile, and wheels of cffi and faster-coco-eval built
+# for its Python, on PYTHONPATH; that is how the figures in the changelog's notes were made on an H200.
 set -u
 steps=${*:-predict serving modtr}
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
