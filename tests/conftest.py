@@ -42,14 +42,10 @@ class Cores:
     their processes do not fight the other workers for cores; the other tests share it. A readers-writer lock over
     files (flock), writer-first through a turnstile so that a test waiting to be alone is not starved. A test holds
     the machine alone throughout with the ``whole_machine`` mark, or only around its multi-process part with
-    ``with cores.alone():``, so that what it does in one process overlaps with the other workers.
+    ``with cores.alone():``, so that what it does in one process overlaps with the other workers."""
 
-    Slow tests never wait to be alone (``share=True``): each runs for minutes, so waiting for the other worker to
-    finish its test leaves a core idle for minutes (in one slow-suite run, about 16 min of waiting in all), which costs
-    more than a few minutes of three processes on two cores."""
-
-    def __init__(self, base: Path | None, share: bool = False):
-        self.base = None if share else base
+    def __init__(self, base: Path | None):
+        self.base = base
         self._files = None
         self._exclusive = False
 
@@ -100,8 +96,7 @@ def cores(request):
 
     uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     base = Path(tempfile.gettempdir()) / f"transfer-tests-{uid}" if uid else None
-    share = request.node.get_closest_marker("slow") is not None
-    with Cores(base, share).held(exclusive=request.node.get_closest_marker("whole_machine") is not None) as held:
+    with Cores(base).held(exclusive=request.node.get_closest_marker("whole_machine") is not None) as held:
         yield held
 
 
