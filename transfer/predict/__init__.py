@@ -168,20 +168,16 @@ def run(args: argparse.Namespace) -> int:
 
     atomic_write_text(out / "predict.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
     earlier = _earlier_rows(out / predictor.table, predictor.key)
-    table_rows, todo = [], []
-    for item in items:
+    table_rows, kept = [], 0
+    for item in track(items, description=f"{task}: {len(items)} inputs", transient=True):
         try:
             row = None if args.overwrite else predictor.kept(item, out, earlier)
-            (todo.append(item) if row is None else table_rows.append(row))
-        except DatasetError as e:  # named at the end, the rest go on
-            failures[str(item.path)] = str(e)
-    kept = len(table_rows)
-    for item in track(todo, description=f"{task}: {len(todo)} inputs", transient=True):
-        try:
-            with torch.no_grad():
-                row = predictor.predict(item, out)
+            kept += row is not None
+            if row is None:
+                with torch.no_grad():
+                    row = predictor.predict(item, out)
             table_rows.append(row)
-        except DatasetError as e:
+        except DatasetError as e:  # named at the end, the rest go on
             failures[str(item.path)] = str(e)
     table = predictor.table
     _write_csv(out / table, predictor.columns, sorted(table_rows, key=lambda r: r[predictor.key]))

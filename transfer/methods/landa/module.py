@@ -18,7 +18,6 @@ No target image is used: the target exists only as ``target_prompt``.
 from __future__ import annotations
 
 from functools import partial
-
 from typing import Mapping, Sequence
 
 import lightning as L
