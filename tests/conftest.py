@@ -35,6 +35,23 @@ TINY = [
 def pytest_configure(config):
     config.addinivalue_line("markers", "whole_machine: starts several processes (DDP, concurrent runs); when tests "
                             "run in parallel it runs alone, so the processes do not fight the other workers for cores")
+    config.addinivalue_line("markers", "both_cores: keeps two processes busy from start to end (a sweep in two "
+                            "shards); its file is scheduled last")
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected: counts the tests that will run
+def pytest_collection_modifyitems(config, items):
+    """The order in which pytest-xdist hands out files (``--no-loadscope-reorder`` keeps it): files with more tests
+    first, as xdist's own reordering does, and last the files of ``both_cores`` tests. Such a test fills both cores
+    by itself, so as the last job it runs while the other worker finishes its last file, and no core idles.
+
+    The slow tests share the cores (none takes the machine alone): each runs minutes, so making one wait for the
+    machine idles a core for as long as the other worker's test takes, while sharing only slows each a little."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    last = lambda group: any(i.get_closest_marker("both_cores") for i in group)  # noqa: E731
+    items[:] = [i for group in sorted(files.values(), key=lambda g: (last(g), -len(g))) for i in group]
 
 
 class Cores:
@@ -146,7 +163,7 @@ def _child_env(offline: bool) -> dict:
     return env
 
 
-def run_toy(name: str, tmp_path: Path, *overrides: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+def run_toy(name: str, tmp_path: Path, *overrides: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     """A whole toy experiment from the CLI with the network cut off, its run dir at ``tmp_path/run`` and its
     cache at ``tmp_path/cache``."""
     return cli("transfer.train", f"experiment={name}", *overrides, f"hydra.run.dir={tmp_path / 'run'}",

@@ -15,11 +15,10 @@ TINY_SAH = ["experiment=sah_toy", "variants=null", "model.strategy=full", "data.
             "trainer.max_steps=3", "callbacks=plain"]
 
 
-@pytest.mark.slow  # four real job processes (~50 s): kept out of the default suite's 8-minute budget
-@pytest.mark.whole_machine
+@pytest.mark.slow  # four real job processes (~50 s): kept out of the default suite's budget; shares the cores
 def test_submitit_local_fold_sweep_equals_fold_all(tmp_path):
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
-    sweep = cli("transfer.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY_SAH,
+    sweep = cli("transfer.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15", *TINY_SAH,
                 cache, "fold=0,1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())

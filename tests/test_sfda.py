@@ -270,15 +270,14 @@ def test_snd_selection_picks_the_densest_candidate_per_seed():
     assert all("[oracle]" in r["selection"] for r in select_variants(rows, by_acc, "oracle"))
 
 
-@pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests
-def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir, make_cfg, cores):
+@pytest.mark.slow  # two gloo processes end to end (~50 s): with the acceptance tests, sharing the cores
+def test_ddp_adaptation_matches_single_process_evaluation(tmp_path, cache_dir, make_cfg):
     """SHOT over 2 gloo processes (memory banks and SND gathered across ranks), then the last checkpoint scored
     in one process must give the same target accuracy."""
     args = [*TINY, "scenarios=null", "variants=null", "sweep=null", "model.strategy=nrc", "data.train_on=unlabelled", "trainer.max_steps=-1",
             "trainer.max_epochs=1", "selection=last", f"paths.cache_dir={cache_dir}"]
-    with cores.alone():
-        res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
-                  "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    res = cli("transfer.train", *args, "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_jsonl(tmp_path / "ddp" / "results.jsonl")
     test = next(r for r in rows if r["split"] == "test")

@@ -13,6 +13,10 @@ reconstructions as switches). ``method``:
   similarity of each source description to the target description (``tau_w``).
 
 No target image is used: the target exists only as ``target_prompt``.
+
+Both stages train full-batch on cached embeddings, where one optimizer step costs far less than Lightning's
+per-step work (hooks, logging). ``steps_per_batch=K`` makes K optimizer steps on each batch (Lightning's manual
+optimisation), so an epoch is K steps on a full batch and ``aug_epochs`` / ``max_epochs`` count epochs of K steps.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class LanDAModule(MethodModule):
         clip_pretrain: dict | None = None,
         optimizer: dict | None = None,
         scheduler: dict | None = None,
+        steps_per_batch: int = 1,
     ):
         super().__init__()
         if method not in METHODS:
@@ -120,7 +125,11 @@ class LanDAModule(MethodModule):
         if method in ("zero_shot", "lp") and zs_weight:
             raise ValueError(f"method={method} with zs_weight={zs_weight}: use method=lp_zs for the LP + zero-shot "
                              "ensemble (zero_shot is zero-shot already)")
+        if int(steps_per_batch) < 1:
+            raise ValueError(f"steps_per_batch is the number of optimizer steps on each batch, >= 1; got {steps_per_batch}")
         self.save_hyperparameters()
+        self.automatic_optimization = int(steps_per_batch) == 1
+        self._scheduler_interval = None
         self.built = False
         if None not in (embed_dim, num_classes, num_sources):
             self._build(embed_dim, num_classes, num_sources)
@@ -311,11 +320,32 @@ class LanDAModule(MethodModule):
 
     def training_step(self, batch, batch_idx):
         z, y, d = batch
-        out = self.stage1_loss(z, y, d) if self.in_stage1 else self.stage2_loss(z, y, d)
+        losses = self.stage1_loss if self.in_stage1 else self.stage2_loss
+        out = losses(z, y, d) if self.automatic_optimization else self._steps_on_batch(losses, z, y, d)
         stage = "aug" if self.in_stage1 else "clf"
         for k, v in out.items():
             self.log(f"train/{stage}_{k}", v.detach(), batch_size=len(y), prog_bar=k == "loss")
         return out["loss"]
+
+    def _steps_on_batch(self, losses, z, y, d) -> dict[str, torch.Tensor]:
+        """``steps_per_batch`` optimizer steps on one batch; returns the losses' means over those steps."""
+        opt, scheduler = self.optimizers(), self.lr_schedulers()
+        total: dict[str, torch.Tensor] = {}
+        for _ in range(self.hparams.steps_per_batch):
+            out = losses(z, y, d)
+            opt.zero_grad()
+            self.manual_backward(out["loss"])
+            opt.step()
+            if scheduler is not None and self._scheduler_interval == "step":
+                scheduler.step()
+            for k, v in out.items():
+                total[k] = total.get(k, 0) + v.detach()
+        return {k: v / self.hparams.steps_per_batch for k, v in total.items()}
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = None if self.automatic_optimization else self.lr_schedulers()
+        if scheduler is not None and self._scheduler_interval == "epoch":
+            scheduler.step()
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -327,7 +357,9 @@ class LanDAModule(MethodModule):
         # foreach: one call per step for all parameters (same numbers as the per-tensor loop, a fraction of its
         # Python cost on a CPU, where the foreach path is not PyTorch's default)
         opt = make_optimizer(groups, hp.optimizer, partial(torch.optim.AdamW, foreach=True))
-        return configured(opt, make_scheduler(opt, hp.scheduler))
+        scheduler = make_scheduler(opt, hp.scheduler)
+        self._scheduler_interval = scheduler["interval"] if scheduler else None  # stepped here when steps_per_batch > 1
+        return configured(opt, scheduler)
 
     def on_train_epoch_start(self) -> None:
         # each stage trains its own parameters; AdamW skips parameters without gradients

@@ -18,11 +18,14 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from datamodules.domains import ImageDataset, build_transforms, scan_image_folder
 from datamodules.synthetic import cache_key
 from datamodules.synthetic.domains import generate_domains
 from transfer.stages import cached_stage, stage_file, stage_trainer
+
+WEIGHT_DECAY = 0.1
 
 TEMPLATES = {
     "both": ("{style} of a {shape}", "a {shape}, {style}", "{style} showing a {shape}"),
@@ -72,17 +75,47 @@ def _draw_batches(spec: dict[str, Any], pair: torch.Tensor, styles: dict[str, st
     return batches
 
 
+class _UsedTokenRows(nn.Module):
+    """Stands in for a token embedding while only the rows ``used`` by the captions can get a gradient: those rows
+    are the trained parameter, so AdamW's moments and updates cover a few hundred rows, not the tokenizer's whole
+    vocabulary (49408 rows, nearly nine tenths of the tiny CLIP's parameters). The other rows get a zero gradient in
+    the full table, where AdamW only decays them by (1 - lr * weight_decay) per step: ``decay`` does that to the
+    table, and ``write_back`` puts the trained rows into it, so the table ends as full-table training leaves it."""
+
+    def __init__(self, table: nn.Embedding, used: torch.Tensor):
+        super().__init__()
+        self.__dict__["table"] = table  # not a submodule: its weight is not among the trained parameters
+        self.used = used
+        self.rows = nn.Parameter(table.weight.detach()[used].clone())
+        index = torch.full((table.num_embeddings,), -1, dtype=torch.long)
+        index[used] = torch.arange(len(used))
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(self.index[tokens], self.rows)
+
+    @torch.no_grad()
+    def decay(self, factor: float) -> None:
+        self.table.weight.mul_(factor)
+
+    @torch.no_grad()
+    def write_back(self) -> nn.Embedding:
+        self.table.weight[self.used.to(self.table.weight.device)] = self.rows.to(self.table.weight.device)
+        return self.table
+
+
 class _ContrastiveStage(L.LightningModule):
     """CLIP's symmetric contrastive loss where a caption is a positive for every image it describes correctly."""
 
-    def __init__(self, model, tokenizer, images: torch.Tensor, lr: float, steps: int):
+    def __init__(self, model, images: torch.Tensor, tokens: torch.Tensor, lr: float, steps: int):
         super().__init__()
-        self.model, self.tokenizer, self.lr, self.steps = model, tokenizer, lr, steps
+        self.model, self.lr, self.steps = model, lr, steps
         self.register_buffer("images", images, persistent=False)
+        self.register_buffer("tokens", tokens, persistent=False)  # one row per distinct caption
 
     def training_step(self, batch, batch_idx):
         img = F.normalize(self.model.encode_image(self.images[batch["index"]]), dim=-1)
-        txt = F.normalize(self.model.encode_text(self.tokenizer(batch["captions"]).to(self.device)), dim=-1)
+        txt = F.normalize(self.model.encode_text(self.tokens[batch["caption"]]), dim=-1)
         logits = self.model.logit_scale.exp() * img @ txt.T
         says_style, says_class, style, cls = batch["says_style"], batch["says_class"], batch["style"], batch["cls"]
         # image i matches caption j when every attribute the caption names is the image's
@@ -93,13 +126,19 @@ class _ContrastiveStage(L.LightningModule):
         to_image = match.T / match.T.sum(1, keepdim=True)
         return 0.5 * ((-to_text * logits.log_softmax(1)).sum(1).mean() + (-to_image * logits.T.log_softmax(1)).sum(1).mean())
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        rows = self.model.token_embedding
+        if isinstance(rows, _UsedTokenRows):  # the rest of the table, decayed as AdamW decays it in this step
+            group = optimizer.param_groups[0]
+            rows.decay(1 - group["lr"] * group["weight_decay"])
+
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.1, foreach=True)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=WEIGHT_DECAY, foreach=True)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps, pct_start=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _train_clip(encoder, spec: dict[str, Any], run=None) -> dict[str, torch.Tensor]:
+def _train_clip(encoder, spec: dict[str, Any], run=None, used_rows_only: bool = True) -> dict[str, torch.Tensor]:
     styles: dict[str, str] = spec["styles"]  # folder name -> words used in captions ("infrared" -> "an infrared photo")
     classes = list(spec["classes"])
     root = generate_domains(Path(spec["cache_dir"]) / f"clip-pretrain-images-{pretrain_key(spec, 'data')}",
@@ -113,12 +152,24 @@ def _train_clip(encoder, spec: dict[str, Any], run=None) -> dict[str, torch.Tens
     torch.manual_seed(spec["seed"])
     x = torch.stack([images[i][0] for i in range(len(images))])
     batches = _draw_batches(spec, torch.tensor([y for _, y in samples]), styles, classes)
+    # a few dozen distinct captions, each tokenized once; a batch carries their row numbers
+    distinct = sorted({c for b in batches for c in b["captions"]})
+    row = {c: i for i, c in enumerate(distinct)}
+    for b in batches:
+        b["caption"] = torch.tensor([row[c] for c in b.pop("captions")])
     model = encoder.model
     model.requires_grad_(True)
     model.train()  # Lightning keeps each module's mode; the encoder arrives in eval mode
-    stage = _ContrastiveStage(model, encoder.tokenizer, x, spec["lr"], len(batches))
+    tokens = encoder.tokenizer(distinct)
+    if used_rows_only:
+        model.token_embedding = _UsedTokenRows(model.token_embedding, torch.unique(tokens))
+    stage = _ContrastiveStage(model, x, tokens, spec["lr"], len(batches))
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
-    stage_trainer(run, max_epochs=1, max_steps=len(batches), num_sanity_val_steps=0).fit(stage, loader)
+    try:
+        stage_trainer(run, max_epochs=1, max_steps=len(batches), num_sanity_val_steps=0).fit(stage, loader)
+    finally:
+        if used_rows_only:
+            model.token_embedding = model.token_embedding.write_back()
     model.requires_grad_(False)
     model.cpu().eval()  # back where the encoder keeps it, whatever device the stage trained on
     return model.state_dict()
