@@ -4,7 +4,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import subprocess  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -33,8 +32,6 @@ TINY = [
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "whole_machine: starts several processes (DDP, concurrent runs); when tests "
-                            "run in parallel it runs alone, so the processes do not fight the other workers for cores")
     config.addinivalue_line("markers", "both_cores: keeps two processes busy from start to end (a sweep in two "
                             "shards); its file is scheduled last")
 
@@ -45,76 +42,14 @@ def pytest_collection_modifyitems(config, items):
     first, as xdist's own reordering does, and last the files of ``both_cores`` tests. Such a test fills both cores
     by itself, so as the last job it runs while the other worker finishes its last file, and no core idles.
 
-    The slow tests share the cores (none takes the machine alone): each runs minutes, so making one wait for the
-    machine idles a core for as long as the other worker's test takes, while sharing only slows each a little."""
+    Tests that start several processes (DDP, concurrent runs) share the cores with the other worker: making one
+    wait to have the machine alone idles a core for as long as the other worker's test takes (minutes in the slow
+    suite), while sharing only slows each process a little."""
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
     last = lambda group: any(i.get_closest_marker("both_cores") for i in group)  # noqa: E731
     items[:] = [i for group in sorted(files.values(), key=lambda g: (last(g), -len(g))) for i in group]
-
-
-class Cores:
-    """Under pytest-xdist, tests that start several processes (DDP, concurrent runs) take the machine alone, so
-    their processes do not fight the other workers for cores; the other tests share it. A readers-writer lock over
-    files (flock), writer-first through a turnstile so that a test waiting to be alone is not starved. A test holds
-    the machine alone throughout with the ``whole_machine`` mark, or only around its multi-process part with
-    ``with cores.alone():``, so that what it does in one process overlaps with the other workers."""
-
-    def __init__(self, base: Path | None):
-        self.base = base
-        self._files = None
-        self._exclusive = False
-
-    def _lock(self, exclusive: bool) -> None:
-        import fcntl
-
-        turnstile, cores = self._files
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        fcntl.flock(cores, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
-
-    def _unlock(self) -> None:
-        import fcntl
-
-        fcntl.flock(self._files[1], fcntl.LOCK_UN)
-
-    @contextmanager
-    def held(self, exclusive: bool):
-        if self.base is None:  # one process: nothing to share
-            yield self
-            return
-        with open(f"{self.base}.turnstile", "a+") as turnstile, open(f"{self.base}.cores", "a+") as cores:
-            self._files, self._exclusive = (turnstile, cores), exclusive
-            self._lock(exclusive)
-            try:
-                yield self
-            finally:
-                self._unlock()
-                self._files = None
-
-    @contextmanager
-    def alone(self):
-        if self._files is None or self._exclusive:  # one process, or alone already
-            yield
-            return
-        self._unlock()
-        self._lock(exclusive=True)
-        try:
-            yield
-        finally:
-            self._unlock()
-            self._lock(self._exclusive)
-
-
-@pytest.fixture(autouse=True)
-def cores(request):
-    import tempfile
-
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    base = Path(tempfile.gettempdir()) / f"transfer-tests-{uid}" if uid else None
-    with Cores(base).held(exclusive=request.node.get_closest_marker("whole_machine") is not None) as held:
-        yield held
 
 
 @pytest.fixture(scope="session")

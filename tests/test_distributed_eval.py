@@ -31,7 +31,6 @@ def _worker(rank: int, world: int, port: int, out) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.whole_machine
 def test_two_processes_see_each_sample_once_and_gather_all_of_them():
     out = mp.Manager().dict()
     # forked: the workers inherit this process's imports instead of spending seconds on their own

@@ -79,7 +79,6 @@ def test_rawboost_is_seeded_and_changes_the_signal():
         rawboost(x, 9, np.random.default_rng(0), 8000)
 
 
-@pytest.mark.whole_machine
 def test_ddp_scores_each_trial_once(tmp_path):
     """2 gloo processes (MoE with top-2 routing) started together by torchrun (Lightning's own launcher is tested
     in the slow suite); the padded distributed sampler must not duplicate trials."""

@@ -220,16 +220,16 @@ def test_fold_run_resumes(make_cfg, tmp_path):
     assert torch.load(last, weights_only=True)["global_step"] == 6  # continued in run a's folder
 
 
-def test_ddp_per_case_rows_are_not_duplicated(tmp_path, make_cfg, cores):
+def test_ddp_per_case_rows_are_not_duplicated(tmp_path, make_cfg):
     """2 gloo processes score a fold; the distributed sampler's padding must not duplicate cases, and the
     rows equal a one-process evaluation of the same checkpoint (here, in the test's process)."""
     common = _tiny_toy(tmp_path, "variants=null", "fold=0", "model.strategy=full", "data.n_target=7")
-    with cores.alone():  # both ranks started together by torchrun: a shorter time alone than Lightning's launcher
-        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              "-m", "transfer.train", *common, "trainer=ddp", "trainer.accelerator=cpu",
-                              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600,
-                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    # both ranks started together by torchrun (they import in parallel; Lightning's launcher is in the slow suite)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "transfer.train", *common, "trainer=ddp", "trainer.accelerator=cpu",
+                          "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     ddp = cases_from_csv((tmp_path / "ddp" / "per_case.csv").read_text())
     assert len(ddp) == len({c.case_id for c in ddp}) == 3  # 7 cases of 7 patients over 3 folds: 3 in fold 0
